@@ -1,0 +1,270 @@
+//! Credentials: the standard AWS chain, fetched at start, cached, refreshed before expiry.
+//!
+//! aws-config's chain (env, EKS Pod Identity, IRSA web identity, profile, IMDSv2) resolves
+//! lazily and does not cache. A background task fetches at start and again ahead of each
+//! expiry (retrying with backoff and jitter); requests only read the current value from a
+//! `watch` channel, so no request ever waits for a fetch. Until the first credentials arrive
+//! the proxy is not ready; without valid credentials requests get 503 — never forwarded
+//! unsigned.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_config::BehaviorVersion;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_smithy_runtime_api::client::identity::Identity;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_types::region::Region;
+use tokio::sync::watch;
+
+use crate::metrics::{Metrics, RefreshLabels, RefreshResult};
+
+/// How long a single fetch from the chain may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Refresh at most this long before expiry (EKS Pod Identity credentials last hours).
+const MAX_REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
+/// Credentials without expiry (env, static profile) are re-read this often.
+const STATIC_REFRESH: Duration = Duration::from_secs(60 * 60);
+const BACKOFF_START: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// What the cache holds.
+#[derive(Clone, Debug)]
+pub enum State {
+    /// The first fetch has not finished.
+    Loading,
+    /// Credentials are held (they may have expired if refreshes keep failing).
+    Ready {
+        /// The credentials as a signing identity.
+        identity: Identity,
+        /// When they expire, if they do.
+        expiry: Option<SystemTime>,
+        /// The last refresh failure, if the last attempt failed.
+        last_error: Option<Arc<str>>,
+    },
+    /// No credentials could be had.
+    Failed {
+        /// Why (the provider chain's error, without secrets).
+        cause: Arc<str>,
+    },
+}
+
+/// Why no credentials are available for a request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CredentialsUnavailable {
+    /// Start-up fetch still running.
+    #[error("credentials are still being fetched from the AWS provider chain")]
+    Loading,
+    /// The chain failed and nothing valid is held.
+    #[error("{0}")]
+    Failed(Arc<str>),
+    /// The held credentials expired and refreshing failed.
+    #[error("credentials expired and refreshing failed: {0}")]
+    Expired(Arc<str>),
+}
+
+/// Shared handle to the cached credentials.
+#[derive(Clone, Debug)]
+pub struct CredentialsCache {
+    rx: watch::Receiver<State>,
+}
+
+impl CredentialsCache {
+    /// Starts the background fetch/refresh task on the current tokio runtime.
+    pub fn spawn(provider: SharedCredentialsProvider, metrics: Arc<Metrics>) -> Self {
+        let (tx, rx) = watch::channel(State::Loading);
+        tokio::spawn(refresh_loop(provider, tx, metrics));
+        CredentialsCache { rx }
+    }
+
+    /// The identity to sign with now, or why there is none.
+    pub fn identity(&self) -> Result<Identity, CredentialsUnavailable> {
+        match &*self.rx.borrow() {
+            State::Loading => Err(CredentialsUnavailable::Loading),
+            State::Failed { cause } => Err(CredentialsUnavailable::Failed(cause.clone())),
+            State::Ready {
+                identity,
+                expiry,
+                last_error,
+            } => {
+                if matches!(expiry, Some(e) if *e <= SystemTime::now()) {
+                    let cause = last_error
+                        .clone()
+                        .unwrap_or_else(|| Arc::from("no refresh has succeeded yet"));
+                    Err(CredentialsUnavailable::Expired(cause))
+                } else {
+                    Ok(identity.clone())
+                }
+            }
+        }
+    }
+
+    /// Whether valid credentials are held.
+    pub fn is_ready(&self) -> bool {
+        self.identity().is_ok()
+    }
+
+    /// Waits until the first fetch has finished (successfully or not).
+    pub async fn first_fetch_done(&self) {
+        let mut rx = self.rx.clone();
+        let _ = rx.wait_for(|s| !matches!(s, State::Loading)).await;
+    }
+}
+
+async fn refresh_loop(
+    provider: SharedCredentialsProvider,
+    tx: watch::Sender<State>,
+    metrics: Arc<Metrics>,
+) {
+    let mut backoff = BACKOFF_START;
+    loop {
+        let fetched = tokio::time::timeout(FETCH_TIMEOUT, provider.provide_credentials()).await;
+        let wait = match fetched {
+            Ok(Ok(creds)) => {
+                metrics
+                    .credential_refreshes
+                    .get_or_create(&RefreshLabels {
+                        result: RefreshResult::success,
+                    })
+                    .inc();
+                metrics.credentials_valid.set(1);
+                backoff = BACKOFF_START;
+                let expiry = creds.expiry();
+                // Never log the credentials themselves: the key id and expiry are enough.
+                tracing::info!(
+                    access_key_id = creds.access_key_id(),
+                    expires_in_s = expiry.map(|e| secs_until(e).as_secs()),
+                    "AWS credentials loaded"
+                );
+                let identity = Identity::new(creds, expiry);
+                tx.send_replace(State::Ready {
+                    identity,
+                    expiry,
+                    last_error: None,
+                });
+                match expiry {
+                    Some(e) => {
+                        let left = secs_until(e);
+                        let margin = MAX_REFRESH_MARGIN.min(left / 2);
+                        (left - margin).max(Duration::from_millis(100))
+                    }
+                    None => STATIC_REFRESH,
+                }
+            }
+            failed => {
+                metrics
+                    .credential_refreshes
+                    .get_or_create(&RefreshLabels {
+                        result: RefreshResult::failure,
+                    })
+                    .inc();
+                let cause: Arc<str> = match failed {
+                    Ok(Err(e)) => format!(
+                        "the AWS credential provider chain failed: {}",
+                        DisplayErrorContext(&e)
+                    )
+                    .into(),
+                    _ => format!(
+                        "the AWS credential provider chain gave no answer within {FETCH_TIMEOUT:?}"
+                    )
+                    .into(),
+                };
+                let mut still_valid_for = None;
+                tx.send_modify(|state| match state {
+                    State::Ready {
+                        expiry, last_error, ..
+                    } if expiry.is_none_or(|e| e > SystemTime::now()) => {
+                        still_valid_for = Some(expiry.map(secs_until));
+                        *last_error = Some(cause.clone());
+                    }
+                    _ => *state = State::Failed { cause: cause.clone() },
+                });
+                if still_valid_for.is_none() {
+                    metrics.credentials_valid.set(0);
+                }
+                tracing::warn!(error = %cause, retry_in_s = backoff.as_secs(), "could not refresh AWS credentials");
+                let mut wait = jitter(backoff);
+                if let Some(Some(left)) = still_valid_for {
+                    // Keep several attempts before the held credentials run out.
+                    wait = wait.min(left / 4).max(Duration::from_millis(100));
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                wait
+            }
+        };
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+fn secs_until(t: SystemTime) -> Duration {
+    t.duration_since(SystemTime::now()).unwrap_or_default()
+}
+
+/// ±20 % jitter so that a fleet of sidecars does not retry in lockstep.
+fn jitter(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    let r = (h.finish() % 401) as f64 / 1000.0; // 0.0 ..= 0.4
+    d.mul_f64(0.8 + r)
+}
+
+/// Region and credentials provider from the standard AWS chain, with a pure-Rust
+/// (rustls + ring) HTTP client for the network providers.
+///
+/// `region` wins when given; otherwise the chain's region (env, profile, IMDS) is used.
+pub async fn default_chain(
+    region: Option<String>,
+) -> (Option<SharedCredentialsProvider>, Option<String>) {
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
+    if let Some(r) = region {
+        loader = loader.region(Region::new(r));
+    }
+    let conf = loader.load().await;
+    (
+        conf.credentials_provider(),
+        conf.region().map(|r| r.as_ref().to_owned()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_credential_types::Credentials;
+
+    #[tokio::test]
+    async fn static_credentials_become_ready() {
+        let mut reg = prometheus_client::registry::Registry::default();
+        let metrics = Metrics::new(&mut reg);
+        let creds = Credentials::new("AKID", "SECRET", None, None, "test");
+        let cache = CredentialsCache::spawn(SharedCredentialsProvider::new(creds), metrics);
+        cache.first_fetch_done().await;
+        assert!(cache.is_ready());
+    }
+
+    #[tokio::test]
+    async fn expired_credentials_are_refused() {
+        let mut reg = prometheus_client::registry::Registry::default();
+        let metrics = Metrics::new(&mut reg);
+        let creds = Credentials::new(
+            "AKID",
+            "SECRET",
+            None,
+            Some(SystemTime::now() - Duration::from_secs(1)),
+            "test",
+        );
+        let cache = CredentialsCache::spawn(SharedCredentialsProvider::new(creds), metrics);
+        cache.first_fetch_done().await;
+        assert!(matches!(
+            cache.identity(),
+            Err(CredentialsUnavailable::Expired(_))
+        ));
+    }
+}

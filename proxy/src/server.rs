@@ -1,0 +1,295 @@
+//! Listeners, the accept loop, and start/stop of the whole proxy.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_credential_types::provider::SharedCredentialsProvider;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::registry::Registry;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::credentials::CredentialsCache;
+use crate::metrics::Metrics;
+use crate::orig_dst;
+use crate::proxy::{ConnInfo, Proxy};
+use crate::sign::Signer;
+use crate::upstream::{self, Connector, TlsConfigError};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No region anywhere.
+    #[error("no AWS region: give --region or set AWS_REGION")]
+    NoRegion,
+    /// TLS trust could not be set up.
+    #[error(transparent)]
+    Tls(#[from] TlsConfigError),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}; is another process using the port?")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// A started proxy.
+pub struct Running {
+    proxy_addrs: Vec<SocketAddr>,
+    admin_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    done: JoinHandle<()>,
+    credentials: CredentialsCache,
+}
+
+impl Running {
+    /// The bound proxy addresses (useful with port 0).
+    pub fn proxy_addrs(&self) -> &[SocketAddr] {
+        &self.proxy_addrs
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The credentials cache (readiness).
+    pub fn credentials(&self) -> &CredentialsCache {
+        &self.credentials
+    }
+
+    /// Stops accepting, lets in-flight requests finish up to the drain deadline, and
+    /// returns when everything is closed.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.done.await;
+    }
+}
+
+/// Binds the listeners and starts serving with credentials from `provider`.
+pub async fn start(
+    config: Config,
+    provider: SharedCredentialsProvider,
+) -> Result<Running, StartError> {
+    let region = config.region.clone().ok_or(StartError::NoRegion)?;
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+
+    let tls = upstream::tls_config(&config.upstream)?;
+    let connector = Connector::new(&config.upstream, tls, metrics.clone());
+    let client = upstream::client(&config.upstream, connector);
+
+    let mut listeners = Vec::new();
+    let mut proxy_addrs = Vec::new();
+    for addr in &config.listen {
+        match TcpListener::bind(addr).await {
+            Ok(l) => {
+                let local = l.local_addr().map_err(|source| StartError::Bind {
+                    addr: *addr,
+                    source,
+                })?;
+                tracing::info!(listener = "proxy", addr = %local, "listening");
+                proxy_addrs.push(local);
+                listeners.push(l);
+            }
+            // Pods without IPv6 have no ::1: the default dual listener must not stop them.
+            Err(e) if addr.is_ipv6() && e.kind() == io::ErrorKind::AddrNotAvailable => {
+                tracing::warn!(%addr, error = %e, "IPv6 loopback unavailable; not listening there");
+            }
+            Err(source) => return Err(StartError::Bind { addr: *addr, source }),
+        }
+    }
+    if listeners.is_empty() {
+        return Err(StartError::Bind {
+            addr: config.listen[0],
+            source: io::Error::new(io::ErrorKind::AddrNotAvailable, "no address could be bound"),
+        });
+    }
+    let admin_listener = admin::bind(config.admin)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.admin,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.admin,
+            source,
+        })?;
+    tracing::info!(listener = "admin", addr = %admin_addr, "listening");
+
+    // Credentials are fetched in the background from here on; /readyz reports them.
+    let credentials = CredentialsCache::spawn(provider, metrics.clone());
+    let signer = Signer::new(
+        region,
+        config.signing_name.clone(),
+        config.payload,
+        config.sign_headers.clone(),
+    );
+    let proxy = Arc::new(Proxy::new(
+        config.allow.clone(),
+        signer,
+        credentials.clone(),
+        client,
+        config.upstream.port,
+        config.upstream.response_timeout,
+        metrics.clone(),
+    ));
+
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(config.header_read_timeout)
+        .max_buf_size(config.max_header_bytes);
+    http.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(1024);
+    let http = Arc::new(http);
+
+    let (stop, stop_rx) = watch::channel(false);
+    let draining = Arc::new(AtomicBool::new(false));
+    let graceful = Arc::new(GracefulShutdown::new());
+    let mut accept_tasks = Vec::new();
+    for l in listeners {
+        accept_tasks.push(tokio::spawn(accept_loop(
+            l,
+            proxy.clone(),
+            http.clone(),
+            graceful.clone(),
+            stop_rx.clone(),
+            metrics.clone(),
+        )));
+    }
+    let (admin_stop, admin_stop_rx) = watch::channel(false);
+    let admin_task = tokio::spawn(admin::serve(
+        admin_listener,
+        AdminState {
+            credentials: credentials.clone(),
+            draining: draining.clone(),
+            registry: Arc::new(registry),
+        },
+        admin_stop_rx,
+    ));
+
+    let drain_timeout = config.drain_timeout;
+    let mut stop_wait = stop_rx.clone();
+    let done = tokio::spawn(async move {
+        let _ = stop_wait.wait_for(|s| *s).await;
+        draining.store(true, Ordering::Relaxed);
+        for t in accept_tasks {
+            let _ = t.await;
+        }
+        tracing::info!(
+            connections = graceful.count(),
+            deadline_s = drain_timeout.as_secs_f64(),
+            "stopped accepting; draining in-flight requests"
+        );
+        // Every accept loop has returned, so this is the last reference.
+        let drained = match Arc::try_unwrap(graceful) {
+            Ok(g) => tokio::time::timeout(drain_timeout, g.shutdown()).await.is_ok(),
+            Err(_) => false,
+        };
+        if !drained
+        {
+            tracing::warn!("drain deadline reached; closing remaining connections");
+        } else {
+            tracing::info!("drained");
+        }
+        let _ = admin_stop.send(true);
+        let _ = admin_task.await;
+    });
+
+    Ok(Running {
+        proxy_addrs,
+        admin_addr,
+        stop,
+        done,
+        credentials,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    http: Arc<auto::Builder<TokioExecutor>>,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        let (stream, client) = tokio::select! {
+            biased;
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let info = ConnInfo {
+            client,
+            original_dst: original_dst(&stream),
+        };
+        let span = tracing::info_span!("conn", %client);
+        let proxy = proxy.clone();
+        let metrics = metrics.clone();
+        let svc = service_fn(move |req| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, info).await) }
+        });
+        let _ = stream.set_nodelay(true);
+        let conn = http
+            .serve_connection(TokioIo::new(stream), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        metrics.client_connections_open.inc();
+        tokio::spawn(
+            async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "client connection ended with an error");
+                }
+                metrics.client_connections_open.dec();
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// The redirector's original destination, cross-checked against Lattice's ranges.
+fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
+    let local = stream.local_addr().ok()?;
+    match orig_dst::original_destination(stream, local) {
+        // Conntrack without NAT answers the local address itself: not redirected.
+        Ok(dst) if dst == local => None,
+        Ok(dst) => {
+            if !orig_dst::is_lattice_address(&dst) {
+                tracing::warn!(original_dst = %dst, "connection redirected from outside VPC Lattice's ranges; the Host header still decides the upstream");
+            }
+            Some(dst)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "no original destination (connection not redirected)");
+            None
+        }
+    }
+}

@@ -1,0 +1,327 @@
+//! cgroup programs that send TCP connects toward VPC Lattice to the pod's local proxy.
+//!
+//! - `cgroup/connect4`, `cgroup/connect6`: rewrite the destination of a matching connect to
+//!   the proxy and remember the original destination under the socket cookie;
+//! - `sockops`: when such a socket starts its handshake, index the original destination by
+//!   the app's address and port as the proxy's accepted socket will see them, and forget
+//!   both entries when the socket closes;
+//! - `cgroup/getsockopt`: answer the proxy's `getsockopt(SOL_IP[V6], SO_ORIGINAL_DST)`
+//!   (unprivileged: the proxy cannot open pinned maps);
+//! - `cgroup/getpeername4/6`: show the app its original peer.
+//!
+//! Every program fails open: on an internal error the connect goes where the app asked.
+#![no_std]
+#![no_main]
+
+mod ctx;
+
+use aya_ebpf::{
+    bindings::{
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_TCP_CLOSE,
+    },
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_uid_gid, bpf_get_netns_cookie,
+        bpf_get_socket_cookie,
+    },
+    macros::{cgroup_sock_addr, cgroup_sockopt, map, sock_ops},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    programs::{SockAddrContext, SockOpsContext, SockoptContext},
+    EbpfContext,
+};
+use redirector_common::{
+    capacity, Counter, GidMode, OrigDst, PeerKey, RedirectConfig, FLAG_ENABLED,
+    FLAG_LOG_REDIRECTS, FLAG_PROXY_GID, MAX_CGROUP_DEPTH, SOL_IP, SOL_IPV6, SO_ORIGINAL_DST,
+};
+
+/// Verdict that lets the syscall proceed (rewritten or not).
+const ALLOW: i32 = 1;
+const AF_INET: u32 = 2;
+
+#[map(name = "LE_CONFIG")]
+static CONFIG: Array<RedirectConfig> = Array::with_max_entries(1, 0);
+#[map(name = "LE_PREFIX4")]
+static PREFIXES_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(capacity::PREFIXES, 0);
+#[map(name = "LE_PREFIX6")]
+static PREFIXES_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(capacity::PREFIXES, 0);
+#[map(name = "LE_PORTS")]
+static PORTS: HashMap<u32, u32> = HashMap::with_max_entries(capacity::PORTS, 0);
+#[map(name = "LE_GIDS")]
+static GIDS: HashMap<u32, u32> = HashMap::with_max_entries(capacity::GIDS, 0);
+#[map(name = "LE_CGROUPS")]
+static CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(capacity::CGROUPS, 0);
+#[map(name = "LE_SOCKETS")]
+static SOCKETS: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(capacity::CONNECTIONS, 0);
+#[map(name = "LE_PEERS")]
+static PEERS: LruHashMap<PeerKey, OrigDst> = LruHashMap::with_max_entries(capacity::CONNECTIONS, 0);
+#[map(name = "LE_COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
+
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: a per-CPU slot is only touched by this CPU while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Why a connect is left alone.
+type Skip = Counter;
+
+#[cgroup_sock_addr(connect4)]
+pub fn le_connect4(ctx: SockAddrContext) -> i32 {
+    if let Err(reason) = try_connect4(&ctx) {
+        count(reason);
+    }
+    ALLOW
+}
+
+fn try_connect4(ctx: &SockAddrContext) -> Result<(), Skip> {
+    let cfg = config()?;
+    if !ctx::is_tcp(ctx) {
+        return Err(Counter::SkipNotTcp);
+    }
+    let dst = ctx::user_ip4(ctx);
+    let port = ctx::user_port(ctx);
+    if dst == cfg.proxy_v4 && port == cfg.proxy_port {
+        return Err(Counter::SkipLoop);
+    }
+    if PREFIXES_V4.get(Key::new(32, dst)).is_none() {
+        return Err(Counter::SkipPrefix);
+    }
+    check_port_gid_cgroup(cfg, port)?;
+
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&dst);
+    record(ctx, OrigDst { addr, port, family: 4 });
+    ctx::set_user_ip4(ctx, cfg.proxy_v4);
+    ctx::set_user_port(ctx, cfg.proxy_port);
+    count(Counter::Redirected);
+    if cfg.flags & FLAG_LOG_REDIRECTS != 0 {
+        aya_log_ebpf::info!(ctx, "redirect {:i}:{} -> proxy port {}", dst, port, cfg.proxy_port);
+    }
+    Ok(())
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn le_connect6(ctx: SockAddrContext) -> i32 {
+    if let Err(reason) = try_connect6(&ctx) {
+        count(reason);
+    }
+    ALLOW
+}
+
+fn try_connect6(ctx: &SockAddrContext) -> Result<(), Skip> {
+    let cfg = config()?;
+    if !ctx::is_tcp(ctx) {
+        return Err(Counter::SkipNotTcp);
+    }
+    let dst = ctx::user_ip6(ctx);
+    let port = ctx::user_port(ctx);
+    // A dual-stack socket connecting to ::ffff:a.b.c.d speaks IPv4: match it against the
+    // IPv4 prefixes and send it to the IPv4 proxy address, mapped.
+    let mapped = ctx::v4_mapped(&dst);
+    let proxy = match mapped {
+        Some(_) => ctx::map_v4(cfg.proxy_v4),
+        None => cfg.proxy_v6,
+    };
+    if dst == proxy && port == cfg.proxy_port {
+        return Err(Counter::SkipLoop);
+    }
+    let in_prefixes = match mapped {
+        Some(v4) => PREFIXES_V4.get(Key::new(32, v4)).is_some(),
+        None => PREFIXES_V6.get(Key::new(128, dst)).is_some(),
+    };
+    if !in_prefixes {
+        return Err(Counter::SkipPrefix);
+    }
+    check_port_gid_cgroup(cfg, port)?;
+
+    record(ctx, OrigDst { addr: dst, port, family: 6 });
+    ctx::set_user_ip6(ctx, proxy);
+    ctx::set_user_port(ctx, cfg.proxy_port);
+    count(Counter::Redirected);
+    if cfg.flags & FLAG_LOG_REDIRECTS != 0 {
+        aya_log_ebpf::info!(ctx, "redirect [{:i}]:{} -> proxy port {}", dst, port, cfg.proxy_port);
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn config() -> Result<&'static RedirectConfig, Skip> {
+    match CONFIG.get(0) {
+        Some(cfg) if cfg.flags & FLAG_ENABLED != 0 => Ok(cfg),
+        _ => Err(Counter::SkipUnconfigured),
+    }
+}
+
+/// The checks shared by both families, cheapest first.
+#[inline(always)]
+fn check_port_gid_cgroup(cfg: &RedirectConfig, port: u32) -> Result<(), Skip> {
+    if PORTS.get_ptr(port).is_none() {
+        return Err(Counter::SkipPort);
+    }
+    // The real GID of the calling task (iptables' owner match uses the socket file's fsgid;
+    // the two differ only for set-gid programs).
+    let gid = (bpf_get_current_uid_gid() >> 32) as u32;
+    if cfg.flags & FLAG_PROXY_GID != 0 && gid == cfg.proxy_gid {
+        return Err(Counter::SkipProxyGid);
+    }
+    let listed = GIDS.get_ptr(gid).is_some();
+    let redirect = if cfg.gid_mode == GidMode::AllExcept as u32 {
+        !listed
+    } else {
+        listed
+    };
+    if !redirect {
+        return Err(Counter::SkipGid);
+    }
+    if !enrolled() {
+        return Err(Counter::SkipNotEnrolled);
+    }
+    Ok(())
+}
+
+/// True when the caller's cgroup or one of its ancestors is enrolled.
+#[inline(always)]
+fn enrolled() -> bool {
+    let mut level = 0;
+    while level < MAX_CGROUP_DEPTH {
+        // SAFETY: helper without preconditions; 0 means "deeper than the task's cgroup".
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 {
+            return false;
+        }
+        if CGROUPS.get_ptr(id).is_some() {
+            return true;
+        }
+        level += 1;
+    }
+    false
+}
+
+/// Remembers the original destination of the connecting socket.
+#[inline(always)]
+fn record(ctx: &SockAddrContext, orig: OrigDst) {
+    // SAFETY: the context is a valid bpf_sock_addr with a socket.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if SOCKETS.insert(&cookie, &orig, 0).is_err() {
+        count(Counter::RecordFailed);
+    }
+}
+
+#[sock_ops]
+pub fn le_sockops(ctx: SockOpsContext) -> u32 {
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => on_connect(&ctx),
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => on_close(&ctx),
+        _ => {}
+    }
+    1
+}
+
+/// The app's end of the connection, as the proxy's accepted socket sees its peer.
+#[inline(always)]
+fn peer_key(ctx: &SockOpsContext) -> PeerKey {
+    let addr = if ctx.family() == AF_INET {
+        ctx::map_v4(ctx.local_ip4().to_ne_bytes())
+    } else {
+        // SAFETY: local_ip6 is readable in sock_ops programs.
+        ctx::words_to_bytes(unsafe { ctx::read_words(core::ptr::addr_of!((*ctx.ops).local_ip6)) })
+    };
+    PeerKey {
+        // SAFETY: the context is a valid bpf_sock_ops.
+        netns: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
+        addr,
+        port: ctx.local_port(),
+        _pad: 0,
+    }
+}
+
+fn on_connect(ctx: &SockOpsContext) {
+    // SAFETY: the context is a valid bpf_sock_ops.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out at once.
+    let Some(orig) = (unsafe { SOCKETS.get(&cookie) }).copied() else {
+        return;
+    };
+    if PEERS.insert(&peer_key(ctx), &orig, 0).is_err() {
+        count(Counter::RecordFailed);
+    }
+    // Ask for state callbacks so both entries go when the socket closes.
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+}
+
+fn on_close(ctx: &SockOpsContext) {
+    // SAFETY: the context is a valid bpf_sock_ops.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    if SOCKETS.remove(&cookie).is_ok() {
+        let _ = PEERS.remove(&peer_key(ctx));
+    }
+}
+
+#[cgroup_sockopt(getsockopt)]
+pub fn le_getsockopt(ctx: SockoptContext) -> i32 {
+    let level = ctx::sockopt_level(&ctx);
+    if ctx::sockopt_name(&ctx) != SO_ORIGINAL_DST || (level != SOL_IP && level != SOL_IPV6) {
+        return ALLOW;
+    }
+    let Some(key) = ctx::sockopt_peer(&ctx) else {
+        return ALLOW;
+    };
+    // SAFETY: the value is copied out at once.
+    let Some(orig) = (unsafe { PEERS.get(&key) }).copied() else {
+        return ALLOW;
+    };
+    let answered = if level == SOL_IP {
+        ctx::answer_sockaddr_in(&ctx, &orig)
+    } else {
+        ctx::answer_sockaddr_in6(&ctx, &orig)
+    };
+    if answered {
+        count(Counter::OrigDstAnswered);
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn le_getpeername4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the context is a valid bpf_sock_addr with a socket.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out at once.
+    if let Some(orig) = (unsafe { SOCKETS.get(&cookie) }).copied() {
+        if orig.family == 4 {
+            let mut v4 = [0u8; 4];
+            v4.copy_from_slice(&orig.addr[..4]);
+            ctx::set_user_ip4(&ctx, v4);
+            ctx::set_user_port(&ctx, orig.port);
+            count(Counter::PeerRestored);
+        }
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn le_getpeername6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the context is a valid bpf_sock_addr with a socket.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out at once.
+    if let Some(orig) = (unsafe { SOCKETS.get(&cookie) }).copied() {
+        if orig.family == 6 {
+            ctx::set_user_ip6(&ctx, orig.addr);
+            ctx::set_user_port(&ctx, orig.port);
+            count(Counter::PeerRestored);
+        }
+    }
+    ALLOW
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

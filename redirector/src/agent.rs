@@ -1,0 +1,196 @@
+//! `lattice-redirector run`: install or adopt the programs, write the configuration into the
+//! maps, serve the admin endpoint, forward eBPF logs, reload on SIGHUP or when the file
+//! changes, and exit on SIGTERM without detaching anything.
+
+use crate::admin::{self, Shared};
+use crate::config::{self, File, Overrides, Redirect};
+use crate::enroll::Enrollment;
+use crate::error::{Error, Result};
+use crate::host;
+use crate::install::{self, Layout};
+use crate::maps::{Maps, Source};
+use redirector_common::programs;
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Options of the agent.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Optional TOML configuration file, reloaded on SIGHUP and when it changes.
+    pub config_file: Option<PathBuf>,
+    /// Flag and environment values (they win over the file).
+    pub overrides: Overrides,
+    /// Cgroup the programs attach to (default: the root of the cgroup2 mount).
+    pub attach_cgroup: Option<PathBuf>,
+    /// The bpffs mount (mounted when missing).
+    pub bpffs: PathBuf,
+    /// Pin directory (default `<bpffs>/lattice-egress/v<N>`).
+    pub pin_dir: Option<PathBuf>,
+    /// Admin address for /healthz and /metrics.
+    pub admin_addr: String,
+    /// How often the configuration file is checked for changes.
+    pub reload_interval: Duration,
+}
+
+impl Options {
+    /// The pin layout these options select.
+    pub fn layout(&self) -> Layout {
+        match &self.pin_dir {
+            Some(dir) => Layout { root: dir.clone() },
+            None => Layout::under_bpffs(&self.bpffs),
+        }
+    }
+}
+
+fn load_config(opts: &Options, cgroup_root: &Path) -> Result<Redirect> {
+    let file = match &opts.config_file {
+        Some(path) => File::load(path)?,
+        None => File::default(),
+    };
+    config::resolve(&file, &opts.overrides, cgroup_root)
+}
+
+fn apply(maps: &mut Maps, cfg: &Redirect, cgroup_root: &Path) -> Result<()> {
+    maps.apply(cfg)?;
+    Enrollment::new(maps, cgroup_root, Source::Config).sync(&cfg.cgroups)
+}
+
+/// Identity of the configuration file's current content (ConfigMap updates swap a symlink).
+fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.ino(), m.len()))
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub async fn run(opts: Options) -> Result<()> {
+    // Everything that can be checked is checked before the kernel is touched.
+    let cgroup_root = host::cgroup2_mount()?;
+    let mut cfg = load_config(&opts, &cgroup_root)?;
+    for warning in cfg.warnings() {
+        tracing::warn!("{warning}");
+    }
+    let attach = match &opts.attach_cgroup {
+        Some(p) => config::cgroup_path(&cgroup_root, p)?,
+        None => cgroup_root.clone(),
+    };
+    let admin_addr: SocketAddr = opts.admin_addr.parse().map_err(|_| Error::Config {
+        what: format!(
+            "--admin-addr: '{}' is not ADDRESS:PORT (e.g. 0.0.0.0:15090)",
+            opts.admin_addr
+        ),
+    })?;
+    let listener = tokio::net::TcpListener::bind(admin_addr)
+        .await
+        .map_err(|e| Error::Config {
+            what: format!("--admin-addr {admin_addr}: cannot listen: {e}"),
+        })?;
+    let layout = opts.layout();
+    if opts.pin_dir.is_none() {
+        host::ensure_bpffs(&opts.bpffs)?;
+    } else if host::bpffs_holding(&layout.root).is_none() {
+        return Err(Error::Host {
+            what: format!(
+                "--pin-dir {} is not on a bpffs mount; mount one with `mount -t bpf bpf <dir>`",
+                layout.root.display()
+            ),
+        });
+    }
+
+    let inst = install::install(&attach, &layout, install::OBJECT)?;
+    let mut maps = inst.maps;
+    if let Err(e) = apply(&mut maps, &cfg, &cgroup_root) {
+        if !inst.adopted {
+            let _ = install::uninstall(&layout);
+        }
+        return Err(e);
+    }
+    tracing::info!(
+        cgroup = %attach.display(),
+        pins = %layout.root.display(),
+        generation = %inst.generation.display(),
+        adopted = inst.adopted,
+        prefixes = ?cfg.prefixes.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        ports = ?cfg.ports,
+        gids = ?cfg.gids,
+        proxy_port = cfg.proxy_port,
+        enrolled = cfg.cgroups.len(),
+        "{} programs; redirecting",
+        if inst.adopted { "adopted pinned" } else { "attached and pinned" }
+    );
+
+    let connect4 = inst.links.iter().find(|l| l.program == programs::CONNECT4);
+    if let Some(link) = connect4 {
+        let id = link.program_id;
+        tokio::spawn(async move {
+            if let Err(e) = crate::logs::forward(id).await {
+                tracing::warn!("eBPF logs are not forwarded: {e}");
+            }
+        });
+    }
+
+    let shared = Arc::new(Shared {
+        maps: std::sync::Mutex::new(maps),
+        generation: inst.generation.clone(),
+        adopted: inst.adopted,
+        reloads_ok: Default::default(),
+        reloads_failed: Default::default(),
+    });
+    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin endpoint (/healthz, /metrics) listening");
+    tokio::spawn(admin::serve(listener, shared.clone()));
+
+    let mut hup = signal(SignalKind::hangup()).map_err(Error::io("SIGHUP handler"))?;
+    let mut term = signal(SignalKind::terminate()).map_err(Error::io("SIGTERM handler"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(Error::io("SIGINT handler"))?;
+    let mut tick = tokio::time::interval(opts.reload_interval);
+    let mut stamp = opts.config_file.as_deref().and_then(file_stamp);
+
+    loop {
+        let why = tokio::select! {
+            _ = hup.recv() => "SIGHUP",
+            _ = tick.tick() => {
+                let now = opts.config_file.as_deref().and_then(file_stamp);
+                if now == stamp { continue; }
+                stamp = now;
+                "configuration file changed"
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
+        match load_config(&opts, &cgroup_root) {
+            Ok(new) => {
+                let mut maps = shared.maps.lock().unwrap_or_else(|p| p.into_inner());
+                match apply(&mut maps, &new, &cgroup_root) {
+                    Ok(()) => {
+                        shared.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                        if new != cfg {
+                            tracing::info!(reason = why, config = ?new, "configuration applied to the live maps");
+                        }
+                        for warning in new.warnings() {
+                            tracing::warn!("{warning}");
+                        }
+                        cfg = new;
+                    }
+                    Err(e) => {
+                        shared.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(reason = why, "applying the configuration failed: {e}");
+                    }
+                }
+            }
+            Err(e) => {
+                shared.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(reason = why, "configuration refused, the previous one stays: {e}");
+            }
+        }
+    }
+    tracing::info!(
+        "exiting; the programs stay attached and pinned under {} (a new agent adopts them; \
+         `lattice-redirector uninstall` removes them)",
+        layout.root.display()
+    );
+    Ok(())
+}

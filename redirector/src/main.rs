@@ -1,0 +1,217 @@
+//! lattice-redirector: command line of the node agent.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use lattice_redirector::{
+    agent, config, doctor, enroll::Enrollment, host, install, maps::Maps, maps::Source, status,
+    Error,
+};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lattice-redirector",
+    version,
+    about = "Redirects connects toward VPC Lattice from enrolled cgroups to the local lattice-proxy with eBPF"
+)]
+struct Cli {
+    /// Where bpffs is (or gets) mounted.
+    #[arg(long, global = true, env = "LATTICE_REDIRECTOR_BPFFS", default_value = "/sys/fs/bpf")]
+    bpffs: PathBuf,
+    /// Pin directory (default: <bpffs>/lattice-egress/v<layout version>); must be on bpffs.
+    #[arg(long, global = true, env = "LATTICE_REDIRECTOR_PIN_DIR")]
+    pin_dir: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, env = "LATTICE_REDIRECTOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Attach (or adopt) the programs and keep the maps in line with the configuration.
+    Run(RunArgs),
+    /// Show what is attached, what is enrolled and the counters.
+    Status,
+    /// Check the kernel and the host, one line per check.
+    Doctor,
+    /// Enroll a cgroup (path under the cgroup2 mount) into the running installation.
+    Enroll { cgroup: PathBuf },
+    /// Remove a cgroup's enrollment.
+    Unenroll { cgroup: PathBuf },
+    /// Detach every program and remove every pin (the only command that stops redirection).
+    Uninstall,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// TOML configuration file; reloaded on SIGHUP and when it changes.
+    #[arg(long, env = "LATTICE_REDIRECTOR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Destination prefixes to redirect [default: 169.254.171.0/24,fd00:ec2:80::/64].
+    #[arg(long = "prefix", env = "LATTICE_REDIRECTOR_PREFIXES", value_delimiter = ',')]
+    prefixes: Option<Vec<String>>,
+    /// Destination ports to redirect [default: 80].
+    #[arg(long = "port", env = "LATTICE_REDIRECTOR_PORTS", value_delimiter = ',')]
+    ports: Option<Vec<String>>,
+    /// Redirect only these GIDs [default: 1000].
+    #[arg(long = "redirect-gid", env = "LATTICE_REDIRECTOR_REDIRECT_GIDS", value_delimiter = ',')]
+    redirect_gids: Option<Vec<String>>,
+    /// Redirect all GIDs except these (instead of --redirect-gid).
+    #[arg(long = "exempt-gid", env = "LATTICE_REDIRECTOR_EXEMPT_GIDS", value_delimiter = ',')]
+    exempt_gids: Option<Vec<String>>,
+    /// IPv4 address of the proxy [default: 127.0.0.1].
+    #[arg(long, env = "LATTICE_REDIRECTOR_PROXY_V4")]
+    proxy_v4: Option<String>,
+    /// IPv6 address of the proxy [default: ::1].
+    #[arg(long, env = "LATTICE_REDIRECTOR_PROXY_V6")]
+    proxy_v6: Option<String>,
+    /// Port of the proxy [default: 15001].
+    #[arg(long, env = "LATTICE_REDIRECTOR_PROXY_PORT")]
+    proxy_port: Option<String>,
+    /// GID of the proxy, never redirected, or `none` [default: 1337].
+    #[arg(long, env = "LATTICE_REDIRECTOR_PROXY_GID")]
+    proxy_gid: Option<String>,
+    /// Log every redirected connect.
+    #[arg(long, env = "LATTICE_REDIRECTOR_LOG_REDIRECTS")]
+    log_redirects: bool,
+    /// Cgroups to enroll (paths under the cgroup2 mount, or absolute).
+    #[arg(long = "cgroup", env = "LATTICE_REDIRECTOR_CGROUPS", value_delimiter = ',')]
+    cgroups: Option<Vec<PathBuf>>,
+    /// Cgroup to attach the programs to [default: the cgroup2 root].
+    #[arg(long, env = "LATTICE_REDIRECTOR_ATTACH_CGROUP")]
+    attach_cgroup: Option<PathBuf>,
+    /// Address of /healthz and /metrics.
+    #[arg(long, env = "LATTICE_REDIRECTOR_ADMIN_ADDR", default_value = config::defaults::METRICS_ADDR)]
+    admin_addr: String,
+    /// Seconds between checks of the configuration file for changes.
+    #[arg(long, env = "LATTICE_REDIRECTOR_RELOAD_INTERVAL", default_value_t = 5)]
+    reload_interval: u64,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn layout(cli: &Cli) -> install::Layout {
+    match &cli.pin_dir {
+        Some(dir) => install::Layout { root: dir.clone() },
+        None => install::Layout::under_bpffs(&cli.bpffs),
+    }
+}
+
+fn exit_code(e: &Error) -> ExitCode {
+    match e {
+        // EX_USAGE, as for other configuration mistakes.
+        Error::Config { .. } => ExitCode::from(64),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lattice-redirector: error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            exit_code(&e)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Error> {
+    let layout = layout(&cli);
+    match &cli.command {
+        Command::Run(args) => {
+            let opts = agent::Options {
+                config_file: args.config.clone(),
+                overrides: config::Overrides {
+                    prefixes: args.prefixes.clone(),
+                    ports: args.ports.clone(),
+                    redirect_gids: args.redirect_gids.clone(),
+                    exempt_gids: args.exempt_gids.clone(),
+                    proxy_v4: args.proxy_v4.clone(),
+                    proxy_v6: args.proxy_v6.clone(),
+                    proxy_port: args.proxy_port.clone(),
+                    proxy_gid: args.proxy_gid.clone(),
+                    log_redirects: args.log_redirects.then_some(true),
+                    cgroups: args.cgroups.clone(),
+                },
+                attach_cgroup: args.attach_cgroup.clone(),
+                bpffs: cli.bpffs.clone(),
+                pin_dir: cli.pin_dir.clone(),
+                admin_addr: args.admin_addr.clone(),
+                reload_interval: Duration::from_secs(args.reload_interval.max(1)),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(Error::io("tokio runtime"))?;
+            rt.block_on(agent::run(opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status => {
+            print!("{}", status::report(&layout, &host::cgroup2_mount()?)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Doctor => {
+            let mut failed = 0;
+            for check in doctor::run(&cli.bpffs) {
+                match check.result {
+                    Ok(detail) => println!("ok    {:<16} {detail}", check.name),
+                    Err(why) => {
+                        failed += 1;
+                        println!("FAIL  {:<16} {why}", check.name);
+                    }
+                }
+            }
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Enroll { cgroup } | Command::Unenroll { cgroup } => {
+            if !layout.exists() {
+                return Err(Error::NotInstalled(layout.root.clone()));
+            }
+            let root = host::cgroup2_mount()?;
+            let mut maps = Maps::open(&layout.maps())?;
+            let mut enrollment = Enrollment::new(&mut maps, &root, Source::Command);
+            if matches!(cli.command, Command::Enroll { .. }) {
+                let (path, id) = enrollment.enroll(cgroup)?;
+                println!("enrolled {} (cgroup id {id})", path.display());
+            } else if enrollment.unenroll(cgroup)? {
+                println!("unenrolled {}", cgroup.display());
+            } else {
+                println!("{} was not enrolled", cgroup.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Uninstall => {
+            let removed = install::uninstall(&layout)?;
+            println!(
+                "detached {} link generation(s) and removed {}",
+                removed.generations,
+                layout.root.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! Typed access to the pinned maps: writing the configuration into them, enrollment entries
+//! and reading the counters. Opening by pin path works from any process (the daemon, or a
+//! `status`/`enroll` command run beside it).
+
+use crate::config::Redirect;
+use crate::error::{Error, Result};
+use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray};
+use redirector_common::{
+    maps as names, Counter, OrigDst, PeerKey, RedirectConfig, FLAG_ENABLED, FLAG_LOG_REDIRECTS,
+    FLAG_PROXY_GID,
+};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+/// Who enrolled a cgroup (the value of its entry in the cgroup map).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The agent's configuration (file or flags); reconciled on every reload.
+    Config = 1,
+    /// `lattice-redirector enroll`; left alone by reloads.
+    Command = 2,
+    /// The Kubernetes pod watcher.
+    Kubernetes = 3,
+}
+
+impl Source {
+    /// Name for `status`.
+    pub fn name(v: u32) -> &'static str {
+        match v {
+            1 => "config",
+            2 => "command",
+            3 => "kubernetes",
+            _ => "unknown",
+        }
+    }
+}
+
+/// All maps of one installation.
+pub struct Maps {
+    config: Array<MapData, RedirectConfig>,
+    v4: LpmTrie<MapData, [u8; 4], u32>,
+    v6: LpmTrie<MapData, [u8; 16], u32>,
+    ports: HashMap<MapData, u32, u32>,
+    gids: HashMap<MapData, u32, u32>,
+    cgroups: HashMap<MapData, u64, u32>,
+    sockets: HashMap<MapData, u64, OrigDst>,
+    peers: HashMap<MapData, PeerKey, OrigDst>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+fn open(dir: &Path, name: &'static str) -> Result<MapData> {
+    let path = dir.join(name);
+    MapData::from_pin(&path).map_err(|e| Error::Pin {
+        path,
+        what: format!("cannot open pinned map: {e}"),
+    })
+}
+
+impl Maps {
+    /// Opens the maps pinned in `dir`.
+    pub fn open(dir: &Path) -> Result<Maps> {
+        Ok(Maps {
+            config: Array::try_from(Map::Array(open(dir, names::CONFIG)?))
+                .map_err(Error::map(names::CONFIG))?,
+            v4: LpmTrie::try_from(Map::LpmTrie(open(dir, names::PREFIXES_V4)?))
+                .map_err(Error::map(names::PREFIXES_V4))?,
+            v6: LpmTrie::try_from(Map::LpmTrie(open(dir, names::PREFIXES_V6)?))
+                .map_err(Error::map(names::PREFIXES_V6))?,
+            ports: HashMap::try_from(Map::HashMap(open(dir, names::PORTS)?))
+                .map_err(Error::map(names::PORTS))?,
+            gids: HashMap::try_from(Map::HashMap(open(dir, names::GIDS)?))
+                .map_err(Error::map(names::GIDS))?,
+            cgroups: HashMap::try_from(Map::HashMap(open(dir, names::CGROUPS)?))
+                .map_err(Error::map(names::CGROUPS))?,
+            sockets: HashMap::try_from(Map::LruHashMap(open(dir, names::SOCKETS)?))
+                .map_err(Error::map(names::SOCKETS))?,
+            peers: HashMap::try_from(Map::LruHashMap(open(dir, names::PEERS)?))
+                .map_err(Error::map(names::PEERS))?,
+            counters: PerCpuArray::try_from(Map::PerCpuArray(open(dir, names::COUNTERS)?))
+                .map_err(Error::map(names::COUNTERS))?,
+        })
+    }
+
+    /// Writes `cfg` into the live maps: new entries are added before stale ones are removed
+    /// and the configuration slot is written last, so running connects never see a gap.
+    /// Returns the number of cgroups the configuration enrolls.
+    pub fn apply(&mut self, cfg: &Redirect) -> Result<()> {
+        // Prefixes.
+        let mut want4 = Vec::new();
+        let mut want6 = Vec::new();
+        for p in &cfg.prefixes {
+            match p.addr {
+                IpAddr::V4(a) => want4.push((u32::from(p.len), a.octets())),
+                IpAddr::V6(a) => want6.push((u32::from(p.len), a.octets())),
+            }
+        }
+        for (len, data) in &want4 {
+            self.v4
+                .insert(&Key::new(*len, *data), 1, 0)
+                .map_err(Error::map(names::PREFIXES_V4))?;
+        }
+        for (len, data) in &want6 {
+            self.v6
+                .insert(&Key::new(*len, *data), 1, 0)
+                .map_err(Error::map(names::PREFIXES_V6))?;
+        }
+        let stale4: Vec<Key<[u8; 4]>> = self
+            .v4
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !want4.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in stale4 {
+            self.v4.remove(&k).map_err(Error::map(names::PREFIXES_V4))?;
+        }
+        let stale6: Vec<Key<[u8; 16]>> = self
+            .v6
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !want6.contains(&(k.prefix_len(), k.data())))
+            .collect();
+        for k in stale6 {
+            self.v6.remove(&k).map_err(Error::map(names::PREFIXES_V6))?;
+        }
+
+        let ports: Vec<u32> = cfg.ports.iter().map(|p| u32::from(*p)).collect();
+        sync_set(&mut self.ports, &ports, names::PORTS)?;
+        sync_set(&mut self.gids, &cfg.gids.gids, names::GIDS)?;
+
+        let mut flags = FLAG_ENABLED;
+        if cfg.log_redirects {
+            flags |= FLAG_LOG_REDIRECTS;
+        }
+        if cfg.proxy_gid.is_some() {
+            flags |= FLAG_PROXY_GID;
+        }
+        let slot = RedirectConfig {
+            proxy_v4: cfg.proxy_v4.octets(),
+            proxy_v6: cfg.proxy_v6.octets(),
+            proxy_port: u32::from(cfg.proxy_port),
+            gid_mode: cfg.gids.mode as u32,
+            proxy_gid: cfg.proxy_gid.unwrap_or(0),
+            flags,
+        };
+        self.config
+            .set(0, slot, 0)
+            .map_err(Error::map(names::CONFIG))?;
+        Ok(())
+    }
+
+    /// The configuration slot as the programs see it.
+    pub fn config(&self) -> Result<RedirectConfig> {
+        self.config.get(&0, 0).map_err(Error::map(names::CONFIG))
+    }
+
+    /// Enrolls cgroup `id`, recording who did.
+    pub fn enroll(&mut self, id: u64, source: Source) -> Result<()> {
+        self.cgroups
+            .insert(id, source as u32, 0)
+            .map_err(Error::map(names::CGROUPS))
+    }
+
+    /// Removes the enrollment of cgroup `id`; true when it was enrolled.
+    pub fn unenroll(&mut self, id: u64) -> Result<bool> {
+        match self.cgroups.remove(&id) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(false),
+            Err(e) => Err(Error::map(names::CGROUPS)(e)),
+        }
+    }
+
+    /// Enrolled cgroup ids with their source.
+    pub fn enrolled(&self) -> BTreeMap<u64, u32> {
+        self.cgroups.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    /// Makes the cgroups enrolled by `source` exactly `ids`; other sources are untouched.
+    pub fn sync_enrolled(&mut self, ids: &[u64], source: Source) -> Result<()> {
+        for id in ids {
+            self.enroll(*id, source)?;
+        }
+        let stale: Vec<u64> = self
+            .enrolled()
+            .into_iter()
+            .filter(|(id, s)| *s == source as u32 && !ids.contains(id))
+            .map(|(id, _)| id)
+            .collect();
+        for id in stale {
+            self.unenroll(id)?;
+        }
+        Ok(())
+    }
+
+    /// Counter totals over all CPUs.
+    pub fn counters(&self) -> BTreeMap<&'static str, u64> {
+        Counter::ALL
+            .iter()
+            .map(|c| {
+                let total = self
+                    .counters
+                    .get(&(*c as u32), 0)
+                    .map(|per_cpu| per_cpu.iter().sum())
+                    .unwrap_or(0);
+                (c.name(), total)
+            })
+            .collect()
+    }
+
+    /// Entries of the connection-tracking maps (sockets, peers).
+    pub fn tracked(&self) -> (usize, usize) {
+        (self.sockets.keys().count(), self.peers.keys().count())
+    }
+}
+
+fn sync_set<K: aya::Pod + PartialEq + Copy>(
+    map: &mut HashMap<MapData, K, u32>,
+    want: &[K],
+    name: &'static str,
+) -> Result<()> {
+    for k in want {
+        map.insert(*k, 1, 0).map_err(Error::map(name))?;
+    }
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !want.contains(k))
+        .collect();
+    for k in stale {
+        map.remove(&k).map_err(Error::map(name))?;
+    }
+    Ok(())
+}

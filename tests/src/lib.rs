@@ -1,0 +1,35 @@
+//! VPC Lattice emulator for lattice-egress's end-to-end tests and demo.
+//!
+//! It plays the part of Amazon VPC Lattice in front of local targets:
+//! - HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with a certificate from a private CA generated at
+//!   start ([`tls`]), and plain HTTP;
+//! - routing by host and path prefix to target groups, whose targets may sit in other network
+//!   namespaces ([`target`]);
+//! - SigV4 verification with Lattice's rules ([`sigv4`]) against a registry of access keys
+//!   that stand for assumed-role sessions with EKS Pod Identity session tags
+//!   ([`credentials`]);
+//! - IAM auth policy evaluation for `vpc-lattice-svcs:Invoke` ([`policy`]);
+//! - Lattice's own answers ([`respond`]) and `x-amzn-lattice-*` headers toward targets
+//!   ([`server`]);
+//! - a fake EKS Pod Identity agent handing out the registry's credentials
+//!   ([`pod_identity`]).
+//!
+//! Start it in-process with [`start`] (or [`Emulator::new`] then [`Emulator::serve`]), or run
+//! the `lattice-emulator` binary with a JSON [`FileConfig`].
+
+pub mod config;
+pub mod credentials;
+pub mod pod_identity;
+pub mod policy;
+pub mod respond;
+pub mod server;
+pub mod sigv4;
+pub mod target;
+pub mod tls;
+
+pub use config::{EmulatorConfig, FileConfig, Protocol};
+pub use server::{start, Clock, Emulator, EmulatorError, EmulatorHandle, EmulatorOptions, Listener};
+
+fn clock_now(clock: &server::Clock) -> std::time::SystemTime {
+    clock.now()
+}

@@ -1,0 +1,55 @@
+//! Project tasks: `cargo xtask build-ebpf | test | bench | demo`.
+//!
+//! Every task installs what it needs on a fresh machine by itself and says what it is doing.
+
+mod bench_proxy;
+mod bench_redirect;
+mod ebpf;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "lattice-egress build, test and benchmark tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Build the eBPF programs (installs rust-src and bpf-linker when missing).
+    BuildEbpf(ebpf::BuildEbpf),
+    /// Run the whole test suite (needs root for the kernel tests).
+    Test(test::Test),
+    /// Benchmarks that compare side by side in one run.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Connect+accept+close: direct vs eBPF redirect vs iptables REDIRECT.
+    Redirect(bench_redirect::BenchRedirect),
+    /// Keep-alive GETs: lattice-proxy vs nginx vs direct TLS.
+    Proxy(bench_proxy::BenchProxy),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::BuildEbpf(opts) => ebpf::run(&opts).map(|_| ()),
+        Task::Test(opts) => test::run(&opts),
+        Task::Bench { which } => match which {
+            Bench::Redirect(opts) => bench_redirect::run(&opts),
+            Bench::Proxy(opts) => bench_proxy::run(&opts),
+        },
+    };
+    if let Err(err) = result {
+        eprintln!("xtask: error: {err:#}");
+        std::process::exit(1);
+    }
+}

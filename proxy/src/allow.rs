@@ -135,7 +135,8 @@ mod tests {
     fn names_under_suffixes_pass() {
         let l = list();
         assert_eq!(l.suffixes(), ["on.aws", "example.com"]);
-        l.check("svc-0abc.7d67968.vpc-lattice-svcs.eu-west-1.on.aws").unwrap();
+        l.check("svc-0abc.7d67968.vpc-lattice-svcs.eu-west-1.on.aws")
+            .unwrap();
         l.check("demo-cluster2.example.com").unwrap();
         l.check("DEMO.EXAMPLE.COM.").unwrap();
     }
@@ -158,9 +159,15 @@ mod tests {
         ] {
             assert!(l.check(host).is_err(), "{host} must be refused");
         }
-        assert!(matches!(l.check("169.254.169.254"), Err(Refusal::IpLiteral(_))));
+        assert!(matches!(
+            l.check("169.254.169.254"),
+            Err(Refusal::IpLiteral(_))
+        ));
         let msg = l.check("evil.net").unwrap_err().to_string();
-        assert!(msg.contains("evil.net") && msg.contains("--allowed-domain"), "{msg}");
+        assert!(
+            msg.contains("evil.net") && msg.contains("--allowed-domain"),
+            "{msg}"
+        );
     }
 
     #[test]

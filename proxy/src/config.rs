@@ -14,7 +14,7 @@ use clap::{ArgAction, Parser, ValueEnum};
 use http::header::HeaderName;
 
 use crate::allow::{AllowList, LATTICE_DOMAIN};
-use crate::sign::{PayloadMode, DEFAULT_SIGNING_NAME, NEVER_SIGNED};
+use crate::sign::{Algorithm, PayloadMode, DEFAULT_SIGNING_NAME, NEVER_SIGNED};
 use crate::upstream::UpstreamConfig;
 
 /// Log output format.
@@ -76,12 +76,28 @@ pub struct Args {
     #[arg(long, env = "LATTICE_PROXY_SIGNED_PAYLOAD_MAX_BYTES", default_value_t = 64 * 1024)]
     pub signed_payload_max_bytes: u64,
 
+    /// Sign with SigV4A (ECDSA P-256) for a region set instead of SigV4 for one region.
+    #[arg(long, env = "LATTICE_PROXY_SIGV4A")]
+    pub sigv4a: bool,
+
+    /// Region set for SigV4A (`*`, or comma-separated regions).
+    #[arg(long, env = "LATTICE_PROXY_REGION_SET", default_value = "*")]
+    pub region_set: String,
+
     /// Extra request headers to sign when present (e.g. content-type); comma-separated.
-    #[arg(long = "sign-header", env = "LATTICE_PROXY_SIGN_HEADERS", value_delimiter = ',')]
+    #[arg(
+        long = "sign-header",
+        env = "LATTICE_PROXY_SIGN_HEADERS",
+        value_delimiter = ','
+    )]
     pub sign_headers: Vec<String>,
 
     /// Domain suffixes to forward to, in addition to Lattice's `on.aws` (comma-separated).
-    #[arg(long = "allowed-domain", env = "LATTICE_PROXY_ALLOWED_DOMAINS", value_delimiter = ',')]
+    #[arg(
+        long = "allowed-domain",
+        env = "LATTICE_PROXY_ALLOWED_DOMAINS",
+        value_delimiter = ','
+    )]
     pub allowed_domains: Vec<String>,
 
     /// Do not allow Lattice's generated `on.aws` names (only --allowed-domain ones).
@@ -91,6 +107,15 @@ pub struct Args {
     /// PEM bundle of extra CA certificates to trust (the AWS Private CA of custom domains).
     #[arg(long, env = "LATTICE_PROXY_CA_FILE")]
     pub ca_file: Option<PathBuf>,
+
+    /// ARN of the AWS Private CA to fetch at start (GetCertificateAuthorityCertificate) and
+    /// trust, instead of or in addition to --ca-file.
+    #[arg(long, env = "LATTICE_PROXY_PRIVATE_CA_ARN")]
+    pub private_ca_arn: Option<String>,
+
+    /// ACM PCA endpoint override (VPC endpoints, tests); default https://acm-pca.<region>.amazonaws.com.
+    #[arg(long, env = "LATTICE_PROXY_ACM_PCA_ENDPOINT")]
+    pub acm_pca_endpoint: Option<String>,
 
     /// Trust the system root certificates too.
     #[arg(
@@ -144,8 +169,18 @@ pub struct Args {
     pub resolve: Vec<String>,
 
     /// Log format.
-    #[arg(long, env = "LATTICE_PROXY_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "LATTICE_PROXY_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
+
+    /// Worker threads, each a single-threaded runtime with its own upstream pool; default one
+    /// per available CPU.
+    #[arg(long, env = "LATTICE_PROXY_WORKERS")]
+    pub workers: Option<usize>,
 
     /// Log each canonical request and string to sign (the session token is redacted).
     #[arg(long, env = "LATTICE_PROXY_LOG_SIGNING_PROCESS")]
@@ -165,6 +200,8 @@ pub struct Config {
     pub signing_name: String,
     /// Payload signing.
     pub payload: PayloadMode,
+    /// SigV4 or SigV4A.
+    pub algorithm: Algorithm,
     /// Extra headers to sign.
     pub sign_headers: Vec<HeaderName>,
     /// Hosts forwarded to.
@@ -177,6 +214,12 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// Header read timeout.
     pub header_read_timeout: Duration,
+    /// Log canonical requests (token redacted).
+    pub log_signing_process: bool,
+    /// Worker runtimes; 0 serves on the caller's runtime (tests, embedding).
+    pub workers: usize,
+    /// Private CA to fetch from ACM PCA at start.
+    pub private_ca: Option<crate::pca::PrivateCa>,
 }
 
 /// A configuration value that cannot be used.
@@ -212,7 +255,12 @@ impl Config {
         if !args.no_default_domain {
             domains.push(LATTICE_DOMAIN.into());
         }
-        domains.extend(args.allowed_domains.iter().filter(|d| !d.trim().is_empty()).cloned());
+        domains.extend(
+            args.allowed_domains
+                .iter()
+                .filter(|d| !d.trim().is_empty())
+                .cloned(),
+        );
         let allow = AllowList::new(&domains).map_err(|m| invalid("--allowed-domain", m))?;
 
         let mut sign_headers = Vec::new();
@@ -241,11 +289,26 @@ impl Config {
                 .trim_start_matches('[')
                 .trim_end_matches(']')
                 .parse()
-                .map_err(|_| invalid("--resolve", format!("{addr:?} in {entry:?} is not an IP address")))?;
-            resolve.entry(host.to_ascii_lowercase()).or_default().push(ip);
+                .map_err(|_| {
+                    invalid(
+                        "--resolve",
+                        format!("{addr:?} in {entry:?} is not an IP address"),
+                    )
+                })?;
+            resolve
+                .entry(host.to_ascii_lowercase())
+                .or_default()
+                .push(ip);
         }
 
-        if args.ca_file.is_none() && !args.system_roots {
+        let private_ca = match &args.private_ca_arn {
+            None => None,
+            Some(arn) => Some(
+                crate::pca::PrivateCa::new(arn, args.acm_pca_endpoint.as_deref())
+                    .map_err(|m| invalid("--private-ca-arn", m))?,
+            ),
+        };
+        if args.ca_file.is_none() && !args.system_roots && private_ca.is_none() {
             return Err(invalid(
                 "--system-roots",
                 "with --system-roots=false a --ca-file is required, or nothing would be trusted",
@@ -275,6 +338,24 @@ impl Config {
             } else {
                 PayloadMode::SignedUpTo(args.signed_payload_max_bytes)
             },
+            algorithm: if args.sigv4a {
+                let set = args.region_set.trim();
+                if set.is_empty()
+                    || !set
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-,*".contains(&b))
+                {
+                    return Err(invalid(
+                        "--region-set",
+                        format!("{set:?} is not * or a comma-separated list of regions"),
+                    ));
+                }
+                Algorithm::V4a {
+                    region_set: set.to_owned(),
+                }
+            } else {
+                Algorithm::V4
+            },
             sign_headers,
             allow,
             upstream: UpstreamConfig {
@@ -291,6 +372,13 @@ impl Config {
             drain_timeout: args.drain_timeout,
             max_header_bytes: args.max_header_bytes,
             header_read_timeout: args.header_read_timeout,
+            log_signing_process: args.log_signing_process,
+            workers: match args.workers {
+                Some(0) => return Err(invalid("--workers", "must be at least 1")),
+                Some(n) => n,
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            },
+            private_ca,
         })
     }
 }

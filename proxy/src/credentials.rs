@@ -177,7 +177,11 @@ async fn refresh_loop(
                         still_valid_for = Some(expiry.map(secs_until));
                         *last_error = Some(cause.clone());
                     }
-                    _ => *state = State::Failed { cause: cause.clone() },
+                    _ => {
+                        *state = State::Failed {
+                            cause: cause.clone(),
+                        }
+                    }
                 });
                 if still_valid_for.is_none() {
                     metrics.credentials_valid.set(0);
@@ -207,7 +211,12 @@ fn secs_until(t: SystemTime) -> Duration {
 fn jitter(d: Duration) -> Duration {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
     let r = (h.finish() % 401) as f64 / 1000.0; // 0.0 ..= 0.4
     d.mul_f64(0.8 + r)
 }

@@ -189,7 +189,10 @@ impl ProxyError {
         let mut resp = Response::new(ProxyBody::full(body));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         h.insert(ERROR_HEADER, HeaderValue::from_static(kind.as_str()));
         if matches!(kind, ErrorKind::bad_request | ErrorKind::not_implemented) {
             // The request (or upgrade) may have left bytes on the connection we will not read.

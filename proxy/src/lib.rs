@@ -21,6 +21,7 @@ pub mod credentials;
 pub mod error;
 pub mod metrics;
 pub mod orig_dst;
+pub mod pca;
 pub mod proxy;
 pub mod server;
 pub mod sign;

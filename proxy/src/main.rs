@@ -26,11 +26,10 @@ fn main() -> ExitCode {
     // One process-wide provider, so nothing can silently pick another backend.
     let _ = rustls::crypto::ring::default_provider().install_default();
 
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("lattice-proxy")
-        .build()
-    {
+    // The control runtime runs start-up, credentials, admin and signals; requests are
+    // served by the worker runtimes that server::start spawns.
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the tokio runtime: {e}");
@@ -41,7 +40,9 @@ fn main() -> ExitCode {
         let (provider, region) = credentials::default_chain(config.region.clone()).await;
         config.region = region;
         if config.region.is_none() {
-            tracing::error!("invalid configuration: no AWS region; give --region or set AWS_REGION");
+            tracing::error!(
+                "invalid configuration: no AWS region; give --region or set AWS_REGION"
+            );
             return Ok(ExitCode::from(EX_USAGE));
         }
         let provider = provider.context("the AWS config loader built no credentials provider")?;
@@ -74,19 +75,7 @@ async fn run(
 }
 
 fn init_tracing(args: &Args) {
-    let default = if args.log_signing_process {
-        // aws-sigv4 traces the canonical request with the session token redacted.
-        "info,aws_sigv4=trace"
-    } else {
-        "info"
-    };
-    let mut filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    if args.log_signing_process {
-        if let Ok(d) = "aws_sigv4=trace".parse() {
-            filter = filter.add_directive(d);
-        }
-    }
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -72,8 +72,8 @@ impl Metrics {
         let m = Metrics {
             request_duration: Histogram::new(
                 [
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                    5.0, 10.0,
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0,
                 ]
                 .into_iter(),
             ),
@@ -88,7 +88,11 @@ impl Metrics {
         let r = registry.sub_registry_with_prefix("lattice_proxy");
         {
             let http = r.sub_registry_with_prefix("http");
-            http.register("requests", "Requests answered, by status", m.requests.clone());
+            http.register(
+                "requests",
+                "Requests answered, by status",
+                m.requests.clone(),
+            );
             http.register(
                 "request_duration_seconds",
                 "Time from request received to response headers sent",

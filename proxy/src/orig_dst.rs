@@ -40,7 +40,10 @@ pub fn original_destination(socket: &impl AsRawFd, local: SocketAddr) -> io::Res
                 return Err(io::Error::last_os_error());
             }
             let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
-            Ok(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(addr.sin_port))))
+            Ok(SocketAddr::V4(SocketAddrV4::new(
+                ip,
+                u16::from_be(addr.sin_port),
+            )))
         }
         SocketAddr::V6(_) => {
             // SAFETY: as above, for sockaddr_in6.
@@ -97,7 +100,10 @@ mod tests {
         let (server, _) = listener.accept().unwrap();
         let err = original_destination(&server, server.local_addr().unwrap()).unwrap_err();
         assert!(
-            matches!(err.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOPROTOOPT)),
+            matches!(
+                err.raw_os_error(),
+                Some(libc::ENOENT) | Some(libc::ENOPROTOOPT)
+            ),
             "unexpected error {err}"
         );
     }

@@ -17,7 +17,7 @@ use crate::body::ProxyBody;
 use crate::credentials::CredentialsCache;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::sign::{canonical_query, PayloadMode, Signer};
+use crate::sign::{canonical_query, hex, PayloadMode, Signer};
 use crate::upstream::{ConnectError, UpstreamClient};
 
 /// What the server knows about the client connection.
@@ -32,7 +32,7 @@ pub struct ConnInfo {
 /// The request handler shared by all connections.
 pub struct Proxy {
     allow: AllowList,
-    signer: Signer,
+    signer: Arc<Signer>,
     credentials: CredentialsCache,
     client: UpstreamClient,
     upstream_port: u16,
@@ -69,7 +69,7 @@ impl Proxy {
     /// Creates the handler.
     pub fn new(
         allow: AllowList,
-        signer: Signer,
+        signer: Arc<Signer>,
         credentials: CredentialsCache,
         client: UpstreamClient,
         upstream_port: u16,
@@ -192,18 +192,17 @@ impl Proxy {
         Ok(Response::from_parts(parts, ProxyBody::from(body)))
     }
 
-    fn upstream_uri(
-        &self,
-        host: &str,
-        pq: Option<&PathAndQuery>,
-    ) -> Result<Uri, ProxyError> {
+    fn upstream_uri(&self, host: &str, pq: Option<&PathAndQuery>) -> Result<Uri, ProxyError> {
         let authority = if self.upstream_port == 443 {
             Authority::try_from(host)
         } else {
             Authority::try_from(format!("{host}:{}", self.upstream_port))
         }
         .map_err(|e| ProxyError::BadRequest(format!("host {host:?}: {e}")))?;
-        let path = pq.map(|p| p.path()).filter(|p| !p.is_empty()).unwrap_or("/");
+        let path = pq
+            .map(|p| p.path())
+            .filter(|p| !p.is_empty())
+            .unwrap_or("/");
         let pq = match pq.and_then(|p| p.query()).and_then(canonical_query) {
             Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
             None => PathAndQuery::try_from(path),
@@ -249,10 +248,12 @@ fn target_host(req: &Request<Incoming>) -> Result<String, ProxyError> {
 /// that Lattice adds toward targets and nobody upstream may be fooled by.
 fn strip_request_headers(headers: &mut HeaderMap) {
     // gRPC needs `te: trailers` end to end; it is the only TE value HTTP/2 allows.
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers"))));
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
     strip_hop_by_hop(headers, STRIPPED_REQUEST);
     let doomed: Vec<HeaderName> = headers
         .keys()
@@ -298,16 +299,6 @@ fn fits(headers: &HeaderMap, body: &Incoming, limit: u64) -> bool {
         Some(n) => n <= limit,
         None => false,
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
 }
 
 /// Finds our typed connect error inside hyper-util's error, or describes the failure.
@@ -358,10 +349,5 @@ mod tests {
             ["content-type", "te", "x-amzn-trace-id", "x-forwarded-for"]
         );
         assert_eq!(h["te"], "trailers");
-    }
-
-    #[test]
-    fn hex_is_lowercase() {
-        assert_eq!(hex(&[0x00, 0xab, 0x7f]), "00ab7f");
     }
 }

@@ -135,9 +135,12 @@ pub enum TlsConfigError {
 }
 
 /// Builds the client TLS configuration: ring provider, TLS 1.2+1.3, system roots (or the
-/// Mozilla set when the image has none) plus the optional private CA bundle, ALPN h2 and
-/// http/1.1.
-pub fn tls_config(cfg: &UpstreamConfig) -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
+/// Mozilla set when the image has none) plus the optional private CA bundle and the CA
+/// certificates fetched from ACM PCA (`extra_roots`), ALPN h2 and http/1.1.
+pub fn tls_config(
+    cfg: &UpstreamConfig,
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<Arc<rustls::ClientConfig>, TlsConfigError> {
     let mut roots = RootCertStore::empty();
     if cfg.system_roots {
         let native = rustls_native_certs::load_native_certs();
@@ -154,6 +157,14 @@ pub fn tls_config(cfg: &UpstreamConfig) -> Result<Arc<rustls::ClientConfig>, Tls
     }
     if let Some(path) = &cfg.ca_file {
         add_ca_file(&mut roots, path)?;
+    }
+    let (added, rejected) = roots.add_parsable_certificates(extra_roots.iter().cloned());
+    if rejected > 0 {
+        tracing::warn!(
+            added,
+            rejected,
+            "some fetched CA certificates were not usable"
+        );
     }
     if roots.is_empty() {
         return Err(TlsConfigError::NoRoots);
@@ -201,7 +212,11 @@ struct ConnectorInner {
 
 impl Connector {
     /// A connector with the given TLS configuration.
-    pub fn new(cfg: &UpstreamConfig, tls: Arc<rustls::ClientConfig>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        cfg: &UpstreamConfig,
+        tls: Arc<rustls::ClientConfig>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Connector {
             inner: Arc::new(ConnectorInner {
                 tls: TlsConnector::from(tls),

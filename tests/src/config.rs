@@ -189,12 +189,27 @@ fn default_prefix() -> String {
     "/".to_owned()
 }
 
+/// The protocol version spoken to a target group's targets (plain HTTP in both cases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum TargetProtocol {
+    /// HTTP/1.1.
+    #[serde(rename = "HTTP1")]
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c); `GRPC` is accepted as the same.
+    #[serde(rename = "HTTP2", alias = "GRPC")]
+    Http2,
+}
+
 /// A target group.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetGroupConfig {
     /// Name.
     pub name: String,
+    /// `HTTP1` (default), `HTTP2` or `GRPC`.
+    #[serde(default)]
+    pub protocol_version: TargetProtocol,
     /// Id (`tg-` and 17 hex digits); derived from the name when absent.
     #[serde(default)]
     pub id: Option<String>,
@@ -228,6 +243,15 @@ pub enum Protocol {
     Https,
 }
 
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Http => "http",
+            Protocol::Https => "https",
+        })
+    }
+}
+
 /// A listening address.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -236,6 +260,10 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     /// `http` or `https`.
     pub protocol: Protocol,
+    /// Network namespace file to listen in (e.g. `/run/netns/lattice`); the emulator's own
+    /// namespace when absent.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
 }
 
 /// A fake EKS Pod Identity agent.
@@ -249,6 +277,11 @@ pub struct PodIdentityAgentConfig {
     pub token: String,
     /// Access key (from `emulator.credentials`) to hand out.
     pub access_key_id: String,
+    /// Network namespace file to listen in (e.g. `/run/netns/cluster1`, so that the
+    /// cluster's proxy reaches the agent on its own loopback); the emulator's own namespace
+    /// when absent.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -294,6 +327,30 @@ impl FileConfig {
                 );
             }
         }
+        let namespaces = config
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (format!("listeners[{i}].netns"), &l.netns))
+            .chain(
+                config
+                    .pod_identity_agents
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| (format!("pod_identity_agents[{i}].netns"), &a.netns)),
+            );
+        for (place, netns) in namespaces {
+            if let Some(ns) = netns.as_ref().filter(|ns| !ns.exists()) {
+                return fail(
+                    format!("{origin}: {place}"),
+                    format!(
+                        "'{}' does not exist; give a network namespace file such as \
+                         /run/netns/<name>",
+                        ns.display()
+                    ),
+                );
+            }
+        }
         if config.listeners.is_empty() {
             return fail(
                 format!("{origin}: listeners"),
@@ -324,7 +381,9 @@ pub struct Service {
 impl Service {
     /// The route for a request path: the longest matching prefix.
     pub fn route(&self, path: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| path.starts_with(&r.path_prefix))
+        self.routes
+            .iter()
+            .find(|r| path.starts_with(&r.path_prefix))
     }
 }
 
@@ -344,6 +403,8 @@ pub struct TargetGroup {
     pub name: String,
     /// `arn:aws:vpc-lattice:<region>:<acct>:targetgroup/<id>`.
     pub arn: String,
+    /// Protocol version toward the targets.
+    pub protocol_version: TargetProtocol,
     /// Targets.
     pub targets: Vec<Target>,
     next: std::sync::atomic::AtomicUsize,
@@ -415,7 +476,8 @@ impl Model {
 pub fn normalize_host(host: &str) -> String {
     let host = host.trim();
     let without_port = if host.starts_with('[') {
-        host.split_once(']').map_or(host, |(h, _)| &host[..h.len() + 1])
+        host.split_once(']')
+            .map_or(host, |(h, _)| &host[..h.len() + 1])
     } else {
         host.rsplit_once(':')
             .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
@@ -488,7 +550,10 @@ impl EmulatorConfig {
         {
             return fail(
                 "region",
-                format!("'{}' is not a region name; use e.g. \"us-west-2\"", self.region),
+                format!(
+                    "'{}' is not a region name; use e.g. \"us-west-2\"",
+                    self.region
+                ),
             );
         }
         if !is_account_id(&self.account_id) {
@@ -499,7 +564,8 @@ impl EmulatorConfig {
         }
         check_id("service_network.id", &self.service_network.id, "sn-")?;
         let arn_prefix = format!("arn:aws:vpc-lattice:{}:{}", self.region, self.account_id);
-        let service_network_arn = format!("{arn_prefix}:servicenetwork/{}", self.service_network.id);
+        let service_network_arn =
+            format!("{arn_prefix}:servicenetwork/{}", self.service_network.id);
 
         let mut registry = CredentialsRegistry::new();
         for (i, c) in self.credentials.iter().enumerate() {
@@ -549,6 +615,7 @@ impl EmulatorConfig {
             let group = Arc::new(TargetGroup {
                 name: g.name.clone(),
                 arn: format!("{arn_prefix}:targetgroup/{id}"),
+                protocol_version: g.protocol_version,
                 targets: g.targets.clone(),
                 next: Default::default(),
             });
@@ -577,7 +644,10 @@ impl EmulatorConfig {
                 None => derived_id("svc-", &s.name),
             };
             if !ids.insert(id.clone()) {
-                return fail(format!("{place}.id"), format!("'{id}' is used by two services"));
+                return fail(
+                    format!("{place}.id"),
+                    format!("'{id}' is used by two services"),
+                );
             }
             if s.hosts.is_empty() {
                 return fail(
@@ -630,7 +700,7 @@ impl EmulatorConfig {
                 });
             }
             // Longest prefix first, so `route()` can take the first match.
-            routes.sort_by(|a, b| b.path_prefix.len().cmp(&a.path_prefix.len()));
+            routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
             services.push(Service {
                 name: s.name.clone(),
                 arn: format!("{arn_prefix}:service/{id}"),

@@ -4,7 +4,7 @@
 //! - HTTPS (HTTP/1.1 and HTTP/2 by ALPN) with a certificate from a private CA generated at
 //!   start ([`tls`]), and plain HTTP;
 //! - routing by host and path prefix to target groups, whose targets may sit in other network
-//!   namespaces ([`target`]);
+//!   namespaces ([`target`], [`netns`]);
 //! - SigV4 verification with Lattice's rules ([`sigv4`]) against a registry of access keys
 //!   that stand for assumed-role sessions with EKS Pod Identity session tags
 //!   ([`credentials`]);
@@ -15,10 +15,14 @@
 //!   ([`pod_identity`]).
 //!
 //! Start it in-process with [`start`] (or [`Emulator::new`] then [`Emulator::serve`]), or run
-//! the `lattice-emulator` binary with a JSON [`FileConfig`].
+//! the `lattice-emulator` binary with a JSON [`FileConfig`]. The crate's README describes the
+//! configuration file and the choices made where Lattice's behaviour is not observable.
+
+#![warn(missing_docs)]
 
 pub mod config;
 pub mod credentials;
+pub mod netns;
 pub mod pod_identity;
 pub mod policy;
 pub mod respond;
@@ -28,8 +32,6 @@ pub mod target;
 pub mod tls;
 
 pub use config::{EmulatorConfig, FileConfig, Protocol};
-pub use server::{start, Clock, Emulator, EmulatorError, EmulatorHandle, EmulatorOptions, Listener};
-
-fn clock_now(clock: &server::Clock) -> std::time::SystemTime {
-    clock.now()
-}
+pub use server::{
+    start, Clock, Emulator, EmulatorError, EmulatorHandle, EmulatorOptions, Listener,
+};

@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn};
 
-use crate::{clock_now, credentials::StoredCredential, server::Clock};
+use crate::{credentials::StoredCredential, server::Clock};
 
 /// The path the EKS Pod Identity agent serves.
 pub const CREDENTIALS_PATH: &str = "/v1/credentials";
@@ -38,7 +38,7 @@ pub struct PodIdentityAgent {
     pub clock: Clock,
 }
 
-/// A running agent.
+/// A running agent; dropping the handle stops it too.
 #[derive(Debug)]
 pub struct PodIdentityHandle {
     address: SocketAddr,
@@ -90,7 +90,10 @@ pub fn serve(listener: TcpListener, agent: PodIdentityAgent) -> std::io::Result<
                     async move { Ok::<_, Infallible>(answer(&agent, &req)) }
                 });
                 let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                if let Err(e) = builder.serve_connection(TokioIo::new(stream), service).await {
+                if let Err(e) = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
                     debug!(%peer, error = %e, "pod identity agent connection failed");
                 }
             });
@@ -133,12 +136,15 @@ fn answer(agent: &PodIdentityAgent, req: &Request<Incoming>) -> Response<Full<By
         } else {
             "Service account token is not valid"
         };
-        return json(StatusCode::UNAUTHORIZED, serde_json::json!({"message": message}));
+        return json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"message": message}),
+        );
     }
     let c = &agent.credential;
     let expiration = c.expiration_rfc3339().unwrap_or_else(|| {
         let reported = StoredCredential {
-            expiration: Some(clock_now(&agent.clock) + REPORTED_LIFETIME),
+            expiration: Some(agent.clock.now() + REPORTED_LIFETIME),
             ..c.clone()
         };
         reported.expiration_rfc3339().unwrap_or_default()

@@ -218,9 +218,9 @@ impl Operator {
                 arn_like(p, request)
             }
             (Bool, PolicyValue::Text(p)) => request.eq_ignore_ascii_case(p),
-            (IpAddress | NotIpAddress, PolicyValue::Net(net)) => request
-                .parse::<IpAddr>()
-                .is_ok_and(|ip| net.contains(&ip)),
+            (IpAddress | NotIpAddress, PolicyValue::Net(net)) => {
+                request.parse::<IpAddr>().is_ok_and(|ip| net.contains(&ip))
+            }
             _ => false,
         }
     }
@@ -318,7 +318,12 @@ impl AuthPolicy {
             }
         }
         let statements = match doc.get("Statement") {
-            None => return err("Statement", "missing; a policy needs at least one statement"),
+            None => {
+                return err(
+                    "Statement",
+                    "missing; a policy needs at least one statement",
+                )
+            }
             Some(Value::Array(list)) => list
                 .iter()
                 .enumerate()
@@ -387,10 +392,10 @@ impl Statement {
             _ => {
                 return err(
                     &format!("{place}.Effect"),
-                    format!(
-                        "{} is not an effect; use \"Allow\" or \"Deny\"",
-                        obj.get("Effect").map_or("missing".to_owned(), Value::to_string)
-                    ),
+                    match obj.get("Effect") {
+                        None => "missing; use \"Allow\" or \"Deny\"".to_owned(),
+                        Some(v) => format!("{v} is not an effect; use \"Allow\" or \"Deny\""),
+                    },
                 )
             }
         };
@@ -404,18 +409,26 @@ impl Statement {
             Some(p) => parse_principal(p, &format!("{place}.Principal"))?,
         };
         let actions = parse_patterns(obj, "Action", "NotAction", place, |p, v| {
-            if v == "*" || v.split_once(':').is_some_and(|(s, a)| !s.is_empty() && !a.is_empty())
+            if v == "*"
+                || v.split_once(':')
+                    .is_some_and(|(s, a)| !s.is_empty() && !a.is_empty())
             {
                 Ok(())
             } else {
-                err(p, format!("'{v}' is not an action; expected \"service:Action\" or \"*\""))
+                err(
+                    p,
+                    format!("'{v}' is not an action; expected \"service:Action\" or \"*\""),
+                )
             }
         })?;
         let resources = parse_patterns(obj, "Resource", "NotResource", place, |p, v| {
             if v == "*" || v.starts_with("arn:") {
                 Ok(())
             } else {
-                err(p, format!("'{v}' is not a resource; expected an ARN or \"*\""))
+                err(
+                    p,
+                    format!("'{v}' is not a resource; expected an ARN or \"*\""),
+                )
             }
         })?;
         let conditions = match obj.get("Condition") {
@@ -467,7 +480,10 @@ fn strings(value: &Value, place: &str) -> Result<Vec<String>, PolicyError> {
             .enumerate()
             .map(|(i, v)| match v {
                 Value::String(s) => Ok(s.clone()),
-                other => err(&format!("{place}[{i}]"), format!("expected a string, got {other}")),
+                other => err(
+                    &format!("{place}[{i}]"),
+                    format!("expected a string, got {other}"),
+                ),
             })
             .collect::<Result<_, _>>()?,
         other => {
@@ -599,7 +615,10 @@ fn reject_policy_variables(place: &str, value: &str) -> Result<(), PolicyError> 
 
 fn parse_conditions(value: &Value, place: &str) -> Result<Vec<Condition>, PolicyError> {
     let Some(block) = value.as_object() else {
-        return err(place, format!("expected an object of operators, got {value}"));
+        return err(
+            place,
+            format!("expected an object of operators, got {value}"),
+        );
     };
     let mut out = Vec::new();
     for (op_name, keys) in block {
@@ -624,7 +643,10 @@ fn parse_conditions(value: &Value, place: &str) -> Result<Vec<Condition>, Policy
                 || base.starts_with("Date")
                 || base == "BinaryEquals" =>
             {
-                return err(&op_place, "condition operator not supported by the emulator")
+                return err(
+                    &op_place,
+                    "condition operator not supported by the emulator",
+                )
             }
             None => {
                 return err(
@@ -636,7 +658,10 @@ fn parse_conditions(value: &Value, place: &str) -> Result<Vec<Condition>, Policy
             }
         };
         let Some(keys) = keys.as_object() else {
-            return err(&op_place, format!("expected an object of condition keys, got {keys}"));
+            return err(
+                &op_place,
+                format!("expected an object of condition keys, got {keys}"),
+            );
         };
         if keys.is_empty() {
             return err(&op_place, "no condition key given");
@@ -644,14 +669,22 @@ fn parse_conditions(value: &Value, place: &str) -> Result<Vec<Condition>, Policy
         for (key, values) in keys {
             let key_place = format!("{op_place}.{key}");
             if key.is_empty() || !key.contains(':') {
-                return err(&key_place, "not a condition key; expected e.g. aws:PrincipalTag/<tag>");
+                return err(
+                    &key_place,
+                    "not a condition key; expected e.g. aws:PrincipalTag/<tag>",
+                );
             }
             let raw: Vec<(String, String)> = match values {
                 Value::Array(items) if items.is_empty() => return err(&key_place, "empty list"),
                 Value::Array(items) => items
                     .iter()
                     .enumerate()
-                    .map(|(i, v)| Ok((format!("{key_place}[{i}]"), scalar(v, &format!("{key_place}[{i}]"))?)))
+                    .map(|(i, v)| {
+                        Ok((
+                            format!("{key_place}[{i}]"),
+                            scalar(v, &format!("{key_place}[{i}]"))?,
+                        ))
+                    })
                     .collect::<Result<_, PolicyError>>()?,
                 v => vec![(key_place.clone(), scalar(v, &key_place)?)],
             };
@@ -661,7 +694,10 @@ fn parse_conditions(value: &Value, place: &str) -> Result<Vec<Condition>, Policy
                 parsed.push(match operator {
                     Operator::Bool | Operator::Null => {
                         if !(v.eq_ignore_ascii_case("true") || v.eq_ignore_ascii_case("false")) {
-                            return err(&value_place, format!("'{v}' is not \"true\" or \"false\""));
+                            return err(
+                                &value_place,
+                                format!("'{v}' is not \"true\" or \"false\""),
+                            );
                         }
                         PolicyValue::Text(v)
                     }
@@ -698,7 +734,10 @@ fn scalar(value: &Value, place: &str) -> Result<String, PolicyError> {
         Value::String(s) => Ok(s.clone()),
         Value::Bool(b) => Ok(b.to_string()),
         Value::Number(n) => Ok(n.to_string()),
-        other => err(place, format!("expected a string, boolean or number, got {other}")),
+        other => err(
+            place,
+            format!("expected a string, boolean or number, got {other}"),
+        ),
     }
 }
 
@@ -764,7 +803,10 @@ mod tests {
             "arn:aws:iam::*:role/app-*",
             "arn:aws:iam::111122223333:role/app-one"
         ));
-        assert!(!arn_like("arn:aws:iam::*", "arn:aws:iam::111122223333:role/x"));
+        assert!(!arn_like(
+            "arn:aws:iam::*",
+            "arn:aws:iam::111122223333:role/x"
+        ));
         assert!(!arn_like("arn:aws:iam::*:role/x", "not-an-arn"));
     }
 }

@@ -38,7 +38,7 @@ pub fn access_denied_body(
 ) -> String {
     let user = caller.map_or_else(|| "anonymous".to_owned(), Identity::assumed_role_arn);
     let reason = if explicit_deny {
-        format!("with an explicit deny in a service-based policy")
+        "with an explicit deny in a service-based policy".to_owned()
     } else {
         format!("because no service-based policy allows the {INVOKE_ACTION} action")
     };
@@ -48,7 +48,11 @@ pub fn access_denied_body(
 }
 
 /// 403 for a request the auth policy does not allow.
-pub fn access_denied(caller: Option<&Identity>, resource: &str, explicit_deny: bool) -> Response<Body> {
+pub fn access_denied(
+    caller: Option<&Identity>,
+    resource: &str,
+    explicit_deny: bool,
+) -> Response<Body> {
     text(
         StatusCode::FORBIDDEN,
         access_denied_body(caller, resource, explicit_deny),
@@ -102,5 +106,13 @@ pub fn target_unreachable(target: &str) -> Response<Body> {
     text(
         StatusCode::BAD_GATEWAY,
         format!("Bad Gateway: target {target} did not answer"),
+    )
+}
+
+/// 504 when the target does not answer in time.
+pub fn target_timeout(target: &str) -> Response<Body> {
+    text(
+        StatusCode::GATEWAY_TIMEOUT,
+        format!("Gateway Timeout: target {target} did not answer in time"),
     )
 }

@@ -17,14 +17,16 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, V
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::{
-    config::{AuthType, ConfigError, EmulatorConfig, Model, Protocol, Route, Service},
+    config::{
+        AuthType, ConfigError, EmulatorConfig, Model, Protocol, Route, Service, TargetProtocol,
+    },
     credentials::Identity,
     policy::{Decision, RequestContext},
     respond::{self, INVOKE_ACTION},
@@ -74,6 +76,8 @@ pub struct EmulatorOptions {
     pub clock: Clock,
     /// How long connecting to a target may take.
     pub connect_timeout: Duration,
+    /// How long a target may take to send its response headers.
+    pub response_timeout: Duration,
     /// Largest body read to check a payload hash (requests not signed with
     /// `UNSIGNED-PAYLOAD`).
     pub max_body_bytes: usize,
@@ -85,6 +89,7 @@ impl Default for EmulatorOptions {
             base_dir: None,
             clock: Clock::system(),
             connect_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(60),
             max_body_bytes: 10 * 1024 * 1024,
         }
     }
@@ -121,7 +126,16 @@ pub struct Listener {
 impl Listener {
     /// Binds `address` (port 0 for any free port).
     pub async fn bind(address: SocketAddr, protocol: Protocol) -> Result<Self, EmulatorError> {
-        let listener = TcpListener::bind(address)
+        Self::bind_in(address, protocol, None).await
+    }
+
+    /// Binds `address` inside the network namespace `netns` (see [`crate::netns`]).
+    pub async fn bind_in(
+        address: SocketAddr,
+        protocol: Protocol,
+        netns: Option<&std::path::Path>,
+    ) -> Result<Self, EmulatorError> {
+        let listener = crate::netns::bind(address, netns)
             .await
             .map_err(|source| EmulatorError::Bind { address, source })?;
         Ok(Self { listener, protocol })
@@ -216,7 +230,8 @@ pub async fn start(
     Ok(Emulator::new(config, options)?.serve(listeners))
 }
 
-/// A running emulator.
+/// A running emulator. Dropping the handle stops the listeners too (without waiting for
+/// open requests); [`EmulatorHandle::shutdown`] waits for them.
 #[derive(Debug)]
 pub struct EmulatorHandle {
     addresses: Vec<(SocketAddr, Protocol)>,
@@ -294,21 +309,22 @@ async fn accept_loop(
         let acceptor = acceptor.clone();
         let state = state.clone();
         let span = tracing::info_span!("conn", %peer, %local);
+        let request_span = span.clone();
         tokio::spawn(
             async move {
                 let service = hyper::service::service_fn(move |req| {
                     let state = state.clone();
-                    async move {
-                        // Boxed as `dyn Future + Send`: without it rustc fails to prove the
-                        // connection future `Send` ("implementation of From is not general
-                        // enough", a known higher-ranked lifetime limitation).
-                        let response: std::pin::Pin<
-                            Box<dyn std::future::Future<Output = Response<Body>> + Send + '_>,
-                        > = Box::pin(handle(&state, info, req));
-                        Ok::<_, Infallible>(response.await)
-                    }
+                    // HTTP/2 streams run in tasks of their own: carry the connection's span.
+                    async move { Ok::<_, Infallible>(handle(&state, info, req).await) }
+                        .instrument(request_span.clone())
                 });
-                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                // A client that never finishes its headers is dropped after 30 s.
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30));
                 let result = match acceptor {
                     Some(acceptor) => match acceptor.accept(stream).await {
                         Ok(tls) => {
@@ -385,75 +401,87 @@ async fn handle(state: &State, info: ConnInfo, req: Request<Incoming>) -> Respon
         return respond::no_route();
     };
 
-    let mut body: Body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
-    let caller = match service.auth_type {
-        AuthType::None => Caller::NotAuthenticated,
-        AuthType::AwsIam => {
-            let caller = if parts.headers.contains_key(header::AUTHORIZATION) {
-                let request = RequestParts {
-                    method: &parts.method,
-                    uri: &parts.uri,
-                    headers: &parts.headers,
-                };
-                let buffered;
-                let payload = if sigv4::needs_body(&parts.headers) {
-                    let limit = state.options.max_body_bytes;
-                    buffered = match read_limited(body, limit).await {
-                        Ok(bytes) => bytes,
-                        Err(ReadError::TooLarge) => return respond::payload_too_large(limit),
-                        Err(ReadError::Body(e)) => {
-                            return respond::bad_request(&format!("cannot read the body: {e}"))
-                        }
-                    };
-                    body = Full::new(buffered.clone())
-                        .map_err(|never| match never {})
-                        .boxed();
-                    Payload::Bytes(&buffered)
-                } else {
-                    Payload::NotRead
-                };
-                match sigv4::verify(
-                    request,
-                    payload,
-                    &model.registry,
-                    &model.region,
-                    state.options.clock.now(),
-                ) {
-                    Ok(verified) => Caller::Signed(verified.credential.identity),
-                    Err(e) => {
-                        info!(service = %service.name, error = %e, exception = e.exception(), "signature refused");
-                        return respond::signature_error(&e);
-                    }
-                }
-            } else {
-                Caller::Anonymous
-            };
-            let resource = format!("{}{}", service.arn, path);
-            let ctx = request_context(model, service, &caller, &parts, info, &resource);
-            let decision = service
-                .policy
-                .as_ref()
-                .map_or(Decision::ImplicitDeny, |p| p.evaluate(&ctx));
-            let identity = caller.identity();
-            info!(
-                service = %service.name,
-                principal = %identity.as_deref().map_or("anonymous".to_owned(), Identity::assumed_role_arn),
-                ?decision,
-                "authorization"
-            );
-            match decision {
-                Decision::Allow => {}
-                Decision::ImplicitDeny => {
-                    return respond::access_denied(identity.as_deref(), &resource, false)
-                }
-                Decision::ExplicitDeny => {
-                    return respond::access_denied(identity.as_deref(), &resource, true)
-                }
-            }
-            caller
-        }
+    let body: Body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
+    let (caller, body) = match service.auth_type {
+        AuthType::None => (Caller::NotAuthenticated, body),
+        AuthType::AwsIam => match authorize(state, service, &parts, body, info).await {
+            Ok(authorized) => authorized,
+            Err(refusal) => return refusal,
+        },
     };
     forward(state, service, route, &caller, parts, body, info, &host).await
+}
+
+/// Authenticates (SigV4, when signed) and authorizes (auth policy) a request to an AWS_IAM
+/// service. Gives back the caller and the body (buffered when its hash had to be checked), or
+/// Lattice's refusal.
+async fn authorize(
+    state: &State,
+    service: &Service,
+    parts: &http::request::Parts,
+    body: Body,
+    info: ConnInfo,
+) -> Result<(Caller, Body), Response<Body>> {
+    let model = &state.model;
+    let (caller, body) = if parts.headers.contains_key(header::AUTHORIZATION) {
+        let (payload_bytes, body) = if sigv4::needs_body(&parts.headers) {
+            let limit = state.options.max_body_bytes;
+            let bytes = match read_limited(body, limit).await {
+                Ok(bytes) => bytes,
+                Err(ReadError::TooLarge) => return Err(respond::payload_too_large(limit)),
+                Err(ReadError::Body(e)) => {
+                    return Err(respond::bad_request(&format!("cannot read the body: {e}")))
+                }
+            };
+            let replay = Full::new(bytes.clone())
+                .map_err(|never| match never {})
+                .boxed();
+            (Some(bytes), replay)
+        } else {
+            (None, body)
+        };
+        let payload = payload_bytes
+            .as_deref()
+            .map_or(Payload::NotRead, Payload::Bytes);
+        let request = RequestParts {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+        };
+        let now = state.options.clock.now();
+        match sigv4::verify(request, payload, &model.registry, &model.region, now) {
+            Ok(verified) => (Caller::Signed(verified.credential.identity), body),
+            Err(e) => {
+                info!(service = %service.name, error = %e, exception = e.exception(), "signature refused");
+                return Err(respond::signature_error(&e));
+            }
+        }
+    } else {
+        (Caller::Anonymous, body)
+    };
+
+    let resource = format!("{}{}", service.arn, parts.uri.path());
+    let ctx = request_context(model, service, &caller, parts, info, &resource);
+    let decision = service
+        .policy
+        .as_ref()
+        .map_or(Decision::ImplicitDeny, |p| p.evaluate(&ctx));
+    let identity = caller.identity();
+    info!(
+        service = %service.name,
+        principal = %identity.as_deref().map_or("anonymous".to_owned(), Identity::assumed_role_arn),
+        ?decision,
+        "authorization"
+    );
+    match decision {
+        Decision::Allow => Ok((caller, body)),
+        Decision::ImplicitDeny => Err(respond::access_denied(
+            identity.as_deref(),
+            &resource,
+            false,
+        )),
+        Decision::ExplicitDeny => Err(respond::access_denied(identity.as_deref(), &resource, true)),
+    }
 }
 
 enum ReadError {
@@ -575,6 +603,11 @@ async fn forward(
     };
 
     let mut headers = parts.headers;
+    // gRPC's `te: trailers` is the one hop-by-hop header an HTTP/2 hop must keep.
+    let wants_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.to_ascii_lowercase().contains("trailers"))
+    });
     strip_hop_by_hop(&mut headers);
     // Only Lattice may set its identity headers: drop whatever the caller sent.
     let forged: Vec<HeaderName> = headers
@@ -613,13 +646,28 @@ async fn forward(
         .uri
         .path_and_query()
         .map_or("/".to_owned(), |pq| pq.as_str().to_owned());
+    let http2 = group.protocol_version == TargetProtocol::Http2;
+    // HTTP/2 needs the scheme and authority in the URI (`:scheme`, `:authority`); HTTP/1.1
+    // gets the origin form and `Host`.
+    let uri = if http2 {
+        format!("http://{host}{path_and_query}")
+    } else {
+        path_and_query
+    };
+    if http2 && wants_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     let mut upstream = Request::new(body);
     *upstream.method_mut() = parts.method;
-    *upstream.uri_mut() = match path_and_query.parse() {
+    *upstream.uri_mut() = match uri.parse() {
         Ok(uri) => uri,
         Err(_) => return respond::bad_request("the request target is not a valid URI"),
     };
-    *upstream.version_mut() = Version::HTTP_11;
+    *upstream.version_mut() = if http2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
     *upstream.headers_mut() = headers;
 
     let stream = match target::connect(target, state.options.connect_timeout).await {
@@ -629,28 +677,56 @@ async fn forward(
             return respond::target_unreachable(&target_name);
         }
     };
-    let (mut sender, connection) =
-        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-            Ok(pair) => pair,
-            Err(e) => {
-                warn!(target = %target_name, error = %e, "HTTP handshake with the target failed");
-                return respond::target_unreachable(&target_name);
-            }
-        };
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            debug!(error = %e, "target connection ended with an error");
+    let sent = match send(TokioIo::new(stream), http2, upstream).await {
+        Ok(sent) => sent,
+        Err(e) => {
+            warn!(target = %target_name, error = %e, "HTTP handshake with the target failed");
+            return respond::target_unreachable(&target_name);
         }
-    });
-    match sender.send_request(upstream).await {
-        Ok(response) => {
+    };
+    let timeout = state.options.response_timeout;
+    match tokio::time::timeout(timeout, sent).await {
+        Err(_) => {
+            warn!(target = %target_name, ?timeout, "the target did not answer in time");
+            respond::target_timeout(&target_name)
+        }
+        Ok(Ok(response)) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, body.map_err(|e| -> BoxError { Box::new(e) }).boxed())
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             warn!(target = %target_name, error = %e, "the target failed to answer");
             respond::target_unreachable(&target_name)
         }
+    }
+}
+
+type ResponseFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Result<Response<Incoming>>> + Send>>;
+
+/// Opens an HTTP/1.1 or HTTP/2 (prior knowledge) client connection on `io` and sends
+/// `request` on it; the returned future resolves to the response head.
+async fn send(
+    io: TokioIo<tokio::net::TcpStream>,
+    http2: bool,
+    request: Request<Body>,
+) -> hyper::Result<ResponseFuture> {
+    if http2 {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(drive(connection));
+        Ok(Box::pin(sender.send_request(request)))
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(drive(connection));
+        Ok(Box::pin(sender.send_request(request)))
+    }
+}
+
+/// Drives a client connection to a target until it closes.
+async fn drive(connection: impl std::future::Future<Output = hyper::Result<()>>) {
+    if let Err(e) = connection.await {
+        debug!(error = %e, "target connection ended with an error");
     }
 }

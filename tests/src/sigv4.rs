@@ -331,13 +331,17 @@ pub fn verify(
     let canonical_request = canonical_request(request, &auth.signed_headers, &payload_hash)?;
     let string_to_sign = string_to_sign(&amz_date, &auth.date, region, &canonical_request);
     let key = signing_key(&credential.secret_access_key, &auth.date, region, SERVICE);
-    let expected = hex::encode(hmac(&key, string_to_sign.as_bytes()));
-    // Constant-time comparison: this is an authentication check, even in an emulator.
     let mut mac = <Hmac<Sha256>>::new_from_slice(&key).expect("HMAC accepts any key length");
     mac.update(string_to_sign.as_bytes());
     let sent = hex::decode(&auth.signature).unwrap_or_default();
-    if mac.verify_slice(&sent).is_err() {
-        tracing::debug!(%expected, sent = %auth.signature, %canonical_request, "signature mismatch");
+    // Constant-time comparison: this is an authentication check, even in an emulator.
+    if mac.clone().verify_slice(&sent).is_err() {
+        tracing::debug!(
+            expected = %hex::encode(mac.finalize().into_bytes()),
+            sent = %auth.signature,
+            %canonical_request,
+            "signature mismatch"
+        );
         return Err(SigV4Error::SignatureMismatch { canonical_request });
     }
     Ok(Verified {
@@ -378,7 +382,11 @@ pub fn format_amz_date(at: SystemTime) -> String {
         .expect("the x-amz-date format only has numeric components")
 }
 
-fn check_skew(amz_date: &str, signed_at: OffsetDateTime, now: SystemTime) -> Result<(), SigV4Error> {
+fn check_skew(
+    amz_date: &str,
+    signed_at: OffsetDateTime,
+    now: SystemTime,
+) -> Result<(), SigV4Error> {
     let now = OffsetDateTime::from(now);
     let skew = time::Duration::try_from(MAX_CLOCK_SKEW).expect("five minutes fits");
     let fmt = |t: OffsetDateTime| format_amz_date(t.into());
@@ -516,7 +524,9 @@ fn percent_decode(input: &str) -> Vec<u8> {
 pub fn uri_encode(input: &[u8], keep_slash: bool) -> String {
     let mut out = String::with_capacity(input.len());
     for &b in input {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') || (keep_slash && b == b'/')
+        if b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'_' | b'.' | b'~')
+            || (keep_slash && b == b'/')
         {
             out.push(b as char);
         } else {
@@ -641,8 +651,10 @@ mod tests {
 
     #[test]
     fn authorization_header_parts_are_required() {
-        let err = Authorization::parse("AWS4-HMAC-SHA256 Credential=AK/20240101/us-west-2/vpc-lattice-svcs/aws4_request")
-            .unwrap_err();
+        let err = Authorization::parse(
+            "AWS4-HMAC-SHA256 Credential=AK/20240101/us-west-2/vpc-lattice-svcs/aws4_request",
+        )
+        .unwrap_err();
         assert_eq!(err.exception(), "IncompleteSignatureException");
         assert!(err.to_string().contains("'Signature'"), "{err}");
         assert!(err.to_string().contains("'SignedHeaders'"), "{err}");

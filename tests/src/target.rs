@@ -1,19 +1,8 @@
-//! Connecting to targets, optionally from another network namespace.
-//!
-//! In the two-cluster demo both apps have the same address in different network namespaces,
-//! so an address alone cannot name a target. A target may therefore carry a network
-//! namespace file (`/run/netns/cluster1`): the socket is created by a short-lived thread
-//! that first joins that namespace with `setns(2)`. A socket stays in the namespace it was
-//! created in, so the connected stream is then used from the async runtime as usual, and
-//! the thread ends without ever touching the runtime's own threads. Joining a namespace
-//! needs `CAP_SYS_ADMIN`.
+//! Connecting to targets, optionally from another network namespace (see [`crate::netns`]):
+//! in the two-cluster demo both apps have the same address in different namespaces, so an
+//! address alone cannot name a target.
 
-use std::{
-    io,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{io, net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
@@ -33,20 +22,26 @@ pub struct Target {
 /// Opens a TCP connection to a target within `timeout`.
 pub async fn connect(target: &Target, timeout: Duration) -> io::Result<TcpStream> {
     let Some(netns) = &target.netns else {
-        return tokio::time::timeout(timeout, TcpStream::connect(target.address))
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(target.address))
             .await
-            .map_err(|_| timed_out(target.address, timeout))?;
+            .map_err(|_| timed_out(target.address, timeout))??;
+        stream.set_nodelay(true)?;
+        return Ok(stream);
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let (address, netns) = (target.address, netns.clone());
-    std::thread::Builder::new()
-        .name("lattice-netns-connect".to_owned())
-        .spawn(move || {
-            let _ = tx.send(connect_in_netns(&netns, address, timeout));
+    let address = target.address;
+    let stream = crate::netns::run_in(netns, move || {
+        let stream = std::net::TcpStream::connect_timeout(&address, timeout).map_err(|e| {
+            if e.kind() == io::ErrorKind::TimedOut {
+                timed_out(address, timeout)
+            } else {
+                e
+            }
         })?;
-    let stream = rx
-        .await
-        .map_err(|_| io::Error::other("the namespace connect thread ended without an answer"))??;
+        stream.set_nodelay(true)?;
+        stream.set_nonblocking(true)?;
+        Ok(stream)
+    })
+    .await?;
     TcpStream::from_std(stream)
 }
 
@@ -55,34 +50,4 @@ fn timed_out(address: SocketAddr, timeout: Duration) -> io::Error {
         io::ErrorKind::TimedOut,
         format!("connecting to {address} took more than {timeout:?}"),
     )
-}
-
-/// Runs on a dedicated thread: joins `netns`, then connects (blocking).
-fn connect_in_netns(
-    netns: &Path,
-    address: SocketAddr,
-    timeout: Duration,
-) -> io::Result<std::net::TcpStream> {
-    let file = std::fs::File::open(netns).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot open network namespace '{}': {e}", netns.display()),
-        )
-    })?;
-    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-        io::Error::other(format!(
-            "cannot join network namespace '{}' (needs CAP_SYS_ADMIN): {e}",
-            netns.display()
-        ))
-    })?;
-    let stream = std::net::TcpStream::connect_timeout(&address, timeout).map_err(|e| {
-        if e.kind() == io::ErrorKind::TimedOut {
-            timed_out(address, timeout)
-        } else {
-            e
-        }
-    })?;
-    stream.set_nodelay(true)?;
-    stream.set_nonblocking(true)?;
-    Ok(stream)
 }

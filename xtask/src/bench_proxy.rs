@@ -1,11 +1,609 @@
 //! `cargo xtask bench proxy`: lattice-proxy against nginx and a direct TLS baseline.
+//!
+//! One run, interleaved rounds, same machine: wrk sends keep-alive 1 KiB GETs
+//! - straight to the TLS upstream (nginx serving a fixed 1 KiB body): the limit;
+//! - through nginx (Debian's nginx-light, 2 workers) as a TLS-originating reverse proxy with
+//!   upstream keepalive and certificate verification: the unsigned anchor;
+//! - through lattice-proxy (release build), which signs every request with SigV4.
+//!
+//! It also measures lattice-proxy's start-up (spawn → first accepted connection and →
+//! ready), its RSS idle and with 1 000 open keep-alive connections, and prints a table.
+//! Everything listens on 127.0.0.1 and is torn down at the end, also on error.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
 use clap::Args;
+
+use crate::setup::{apt_install, output, run as run_cmd, step, workspace_root};
 
 /// Options of `cargo xtask bench proxy`.
 #[derive(Debug, Args)]
-pub struct BenchProxy {}
+pub struct BenchProxy {
+    /// Seconds per wrk run.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Concurrent keep-alive connections per wrk run.
+    #[arg(long, default_value_t = 16)]
+    pub connections: u32,
+    /// wrk threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: u32,
+    /// Rounds; each runs direct, nginx and lattice-proxy back to back (medians reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Open connections for the memory-under-connections figure.
+    #[arg(long, default_value_t = 1000)]
+    pub open_connections: usize,
+    /// Extra lattice-proxy flag (repeatable), e.g. --proxy-arg=--workers=1.
+    #[arg(long = "proxy-arg", allow_hyphen_values = true)]
+    pub proxy_args: Vec<String>,
+    /// Let the upstream offer HTTP/2 by ALPN, as VPC Lattice does (lattice-proxy then
+    /// multiplexes; nginx still proxies over HTTP/1.1, it cannot use h2 upstream).
+    #[arg(long)]
+    pub upstream_h2: bool,
+    /// Benchmark this lattice-proxy binary instead of building the release one.
+    #[arg(long)]
+    pub proxy_bin: Option<PathBuf>,
+    /// Also write the Markdown table to this file.
+    #[arg(long)]
+    pub write: Option<PathBuf>,
+}
 
-pub fn run(_opts: &BenchProxy) -> anyhow::Result<()> {
-    anyhow::bail!("`cargo xtask bench proxy` is not implemented yet (issue 3)")
+const HOST: &str = "svc.example.com";
+const BODY_BYTES: usize = 1024;
+
+/// Kills a child process on drop (benchmark servers must never outlive the run).
+struct Guard(Child, &'static str);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // SIGTERM first so nginx removes its pid file and lattice-proxy drains; then reap.
+        unsafe {
+            libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        eprintln!("    ({} did not stop on SIGTERM; killed)", self.1);
+    }
+}
+
+/// Removes the scratch directory on drop.
+struct Scratch(PathBuf);
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct WrkResult {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    requests: u64,
+    /// CPU time (user + system) the proxying processes spent per request, in µs: less
+    /// sensitive than requests/s to other load on a shared machine.
+    cpu_us: f64,
+}
+
+pub fn run(opts: &BenchProxy) -> Result<()> {
+    apt_install(&["wrk", "nginx-light", "openssl"])?;
+    raise_nofile();
+    let root = workspace_root();
+
+    let proxy_bin = match &opts.proxy_bin {
+        Some(bin) => bin.clone(),
+        None => {
+            step("building lattice-proxy (release)");
+            run_cmd(
+                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                    .current_dir(&root)
+                    .args([
+                        "build",
+                        "--release",
+                        "-p",
+                        "lattice-proxy",
+                        "--bin",
+                        "lattice-proxy",
+                    ]),
+            )?;
+            let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("target"));
+            target_dir.join("release/lattice-proxy")
+        }
+    };
+
+    let dir = std::env::temp_dir().join(format!("lattice-bench-proxy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let scratch = Scratch(dir.clone());
+
+    step("generating a test CA and a certificate for svc.example.com");
+    make_certs(&scratch.0)?;
+
+    let up_port = free_port()?;
+    let nginx_port = free_port()?;
+    let proxy_port = free_port()?;
+    let admin_port = free_port()?;
+
+    step("starting the TLS upstream (nginx) and the nginx reverse proxy");
+    let upstream = start_nginx(
+        &dir,
+        "upstream",
+        &upstream_conf(&dir, up_port, opts.upstream_h2),
+    )?;
+    wait_port(up_port)?;
+    let anchor = start_nginx(&dir, "anchor", &anchor_conf(&dir, nginx_port, up_port))?;
+    wait_port(nginx_port)?;
+
+    step("starting lattice-proxy");
+    let started = Instant::now();
+    let proxy = Guard(
+        Command::new(&proxy_bin)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{proxy_port}"),
+                "--admin",
+                &format!("127.0.0.1:{admin_port}"),
+                "--region",
+                "eu-west-1",
+                "--allowed-domain",
+                "example.com",
+                "--upstream-port",
+                &up_port.to_string(),
+                "--resolve",
+                &format!("{HOST}:127.0.0.1"),
+                "--ca-file",
+                dir.join("ca.pem").to_str().unwrap(),
+                "--system-roots=false",
+            ])
+            .args(&opts.proxy_args)
+            .env_clear()
+            .env("AWS_ACCESS_KEY_ID", "AKIDBENCHMARK")
+            .env("AWS_SECRET_ACCESS_KEY", "bench/secret/key")
+            .env("AWS_SESSION_TOKEN", "bench-session-token")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", proxy_bin.display()))?,
+        "lattice-proxy",
+    );
+    let accepting = wait_port(proxy_port)?;
+    let accept_ms = started.elapsed().min(accepting).as_secs_f64() * 1e3;
+    let ready_ms = wait_ready(admin_port, started)?.as_secs_f64() * 1e3;
+    let rss_idle = rss_kib(proxy.0.id())?;
+
+    // Sanity: all three paths answer 200 with the 1 KiB body before measuring.
+    check_200(proxy_port)?;
+    check_200(nginx_port)?;
+
+    let mut direct = Vec::new();
+    let mut nginx = Vec::new();
+    let mut ours = Vec::new();
+    for round in 1..=opts.rounds {
+        step(&format!("round {round}/{}", opts.rounds));
+        direct.push(wrk(
+            opts,
+            &format!("https://127.0.0.1:{up_port}/"),
+            upstream.0.id(),
+        )?);
+        nginx.push(wrk(
+            opts,
+            &format!("http://127.0.0.1:{nginx_port}/"),
+            anchor.0.id(),
+        )?);
+        ours.push(wrk(
+            opts,
+            &format!("http://127.0.0.1:{proxy_port}/"),
+            proxy.0.id(),
+        )?);
+    }
+    let rss_after_load = rss_kib(proxy.0.id())?;
+
+    step(&format!(
+        "opening {} keep-alive connections to lattice-proxy",
+        opts.open_connections
+    ));
+    let conns = open_connections(proxy_port, opts.open_connections)?;
+    let rss_conns = rss_kib(proxy.0.id())?;
+    drop(conns);
+
+    drop(proxy);
+    drop(anchor);
+    drop(upstream);
+
+    let (d, n, p) = (median(&direct), median(&nginx), median(&ours));
+    let errors: u64 = ours
+        .iter()
+        .chain(&nginx)
+        .chain(&direct)
+        .map(|r| r.errors)
+        .sum();
+    let table = format!(
+        "keep-alive {BODY_BYTES} B GETs, wrk -t{} -c{} -d{}s, {} interleaved rounds (medians), {} CPUs\n\n\
+         | path | requests/s | p50 | p99 | req/s vs nginx | p99 vs nginx | server CPU per request |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n\
+         | direct TLS to upstream (limit) | {:.0} | {:.2} ms | {:.2} ms | {:.2} | {:.2} | {:.1} µs (upstream) |\n\
+         | nginx reverse proxy, TLS, unsigned (anchor) | {:.0} | {:.2} ms | {:.2} ms | 1.00 | 1.00 | {:.1} µs |\n\
+         | lattice-proxy, SigV4 + TLS | {:.0} | {:.2} ms | {:.2} ms | {:.2} | {:.2} | {:.1} µs |\n\n\
+         | lattice-proxy | measured | target |\n|---|---:|---:|\n\
+         | spawn → accepting | {:.1} ms | ≤ 50 ms |\n\
+         | spawn → ready (credentials loaded) | {:.1} ms | |\n\
+         | RSS idle after start | {:.1} MiB | ≤ 10 MiB |\n\
+         | RSS after the load runs | {:.1} MiB | |\n\
+         | RSS with {} open connections | {:.1} MiB | ≤ 40 MiB |\n\
+         | requests/s vs nginx | {:.2} × | ≥ 1.0 × |\n\
+         | p99 vs nginx | {:.2} × | ≤ 1.0 × |\n\
+         \nwrk socket errors/timeouts/non-2xx over all runs: {errors}\n",
+        opts.threads,
+        opts.connections,
+        opts.duration,
+        opts.rounds,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        d.rps,
+        d.p50_ms,
+        d.p99_ms,
+        d.rps / n.rps,
+        d.p99_ms / n.p99_ms,
+        d.cpu_us,
+        n.rps,
+        n.p50_ms,
+        n.p99_ms,
+        n.cpu_us,
+        p.rps,
+        p.p50_ms,
+        p.p99_ms,
+        p.rps / n.rps,
+        p.p99_ms / n.p99_ms,
+        p.cpu_us,
+        accept_ms,
+        ready_ms,
+        rss_idle as f64 / 1024.0,
+        rss_after_load as f64 / 1024.0,
+        opts.open_connections,
+        rss_conns as f64 / 1024.0,
+        p.rps / n.rps,
+        p.p99_ms / n.p99_ms,
+    );
+    println!("\n{table}");
+    let per_round: String = (0..direct.len())
+        .map(|i| {
+            format!(
+                "round {}: direct {:.0}/s p99 {:.2} ms · nginx {:.0}/s p99 {:.2} ms {:.1} µs CPU/req · lattice-proxy {:.0}/s p99 {:.2} ms {:.1} µs CPU/req\n",
+                i + 1,
+                direct[i].rps,
+                direct[i].p99_ms,
+                nginx[i].rps,
+                nginx[i].p99_ms,
+                nginx[i].cpu_us,
+                ours[i].rps,
+                ours[i].p99_ms,
+                ours[i].cpu_us
+            )
+        })
+        .collect();
+    println!("{per_round}");
+    if let Some(path) = &opts.write {
+        std::fs::write(path, format!("{table}\n{per_round}"))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if errors > 0 {
+        bail!("wrk reported {errors} errors; the figures above are not trustworthy");
+    }
+    Ok(())
+}
+
+/// 1 000 connections need more descriptors than the usual soft limit of 1 024; children
+/// (lattice-proxy, nginx) inherit the raised limit.
+fn raise_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max.min(65536);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    // Bind port 0 and release it: nginx needs the number in its configuration.
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_port(port: u16) -> Result<Duration> {
+    let start = Instant::now();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    while start.elapsed() < Duration::from_secs(20) {
+        if TcpStream::connect(addr).is_ok() {
+            return Ok(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    bail!("nothing listens on 127.0.0.1:{port} after 20 s")
+}
+
+fn wait_ready(admin_port: u16, since: Instant) -> Result<Duration> {
+    while since.elapsed() < Duration::from_secs(20) {
+        if let Ok(resp) = http_get(admin_port, "/readyz", "localhost") {
+            if resp.starts_with("HTTP/1.1 200") {
+                return Ok(since.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    bail!("lattice-proxy did not become ready within 20 s")
+}
+
+fn http_get(port: u16, path: &str, host: &str) -> Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+fn check_200(port: u16) -> Result<()> {
+    let resp = http_get(port, "/", HOST)?;
+    if !resp.starts_with("HTTP/1.1 200") || !resp.ends_with(&"x".repeat(BODY_BYTES)) {
+        bail!("127.0.0.1:{port} did not answer 200 with the 1 KiB body:\n{resp}");
+    }
+    Ok(())
+}
+
+fn make_certs(dir: &Path) -> Result<()> {
+    let d = |f: &str| dir.join(f).to_str().unwrap().to_string();
+    output(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=lattice-bench private CA",
+        "-keyout",
+        &d("ca.key"),
+        "-out",
+        &d("ca.pem"),
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]))?;
+    output(Command::new("openssl").args([
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        &format!("/CN={HOST}"),
+        "-keyout",
+        &d("server.key"),
+        "-out",
+        &d("server.csr"),
+    ]))?;
+    std::fs::write(
+        dir.join("ext.cnf"),
+        format!(
+            "subjectAltName=DNS:{HOST}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+        ),
+    )?;
+    output(Command::new("openssl").args([
+        "x509",
+        "-req",
+        "-in",
+        &d("server.csr"),
+        "-CA",
+        &d("ca.pem"),
+        "-CAkey",
+        &d("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &d("ext.cnf"),
+        "-out",
+        &d("server.pem"),
+    ]))?;
+    Ok(())
+}
+
+fn upstream_conf(dir: &Path, port: u16, h2: bool) -> String {
+    let body = "x".repeat(BODY_BYTES);
+    format!(
+        "worker_processes 2;\ndaemon off;\npid {d}/upstream.pid;\nerror_log {d}/upstream.err warn;\n\
+         events {{ worker_connections 8192; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/up-body;\n  proxy_temp_path {d}/up-proxy;\n\
+           keepalive_requests 1000000;\n\
+           server {{\n    listen 127.0.0.1:{port} ssl{h2};\n    ssl_certificate {d}/server.pem;\n    ssl_certificate_key {d}/server.key;\n\
+               location / {{ default_type text/plain; return 200 \"{body}\"; }}\n  }}\n}}\n",
+        d = dir.display(),
+        h2 = if h2 { " http2" } else { "" },
+    )
+}
+
+fn anchor_conf(dir: &Path, port: u16, up_port: u16) -> String {
+    format!(
+        "worker_processes 2;\ndaemon off;\npid {d}/anchor.pid;\nerror_log {d}/anchor.err warn;\n\
+         events {{ worker_connections 8192; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/an-body;\n  proxy_temp_path {d}/an-proxy;\n\
+           keepalive_requests 1000000;\n\
+           upstream lattice {{ server 127.0.0.1:{up_port}; keepalive 64; }}\n\
+           server {{\n    listen 127.0.0.1:{port};\n    location / {{\n\
+               proxy_pass https://lattice;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
+               proxy_set_header Host {HOST};\n      proxy_ssl_server_name on;\n      proxy_ssl_name {HOST};\n\
+               proxy_ssl_verify on;\n      proxy_ssl_trusted_certificate {d}/ca.pem;\n      proxy_ssl_session_reuse on;\n    }}\n  }}\n}}\n",
+        d = dir.display()
+    )
+}
+
+fn start_nginx(dir: &Path, name: &'static str, conf: &str) -> Result<Guard> {
+    let path = dir.join(format!("{name}.conf"));
+    std::fs::write(&path, conf)?;
+    let child = Command::new("nginx")
+        .args(["-p", dir.to_str().unwrap(), "-c", path.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting nginx ({name})"))?;
+    Ok(Guard(child, name))
+}
+
+fn wrk(opts: &BenchProxy, url: &str, server_pid: u32) -> Result<WrkResult> {
+    let cpu_before = cpu_ticks_tree(server_pid);
+    let out = output(Command::new("wrk").args([
+        &format!("-t{}", opts.threads),
+        &format!("-c{}", opts.connections),
+        &format!("-d{}s", opts.duration),
+        "--latency",
+        "-H",
+        &format!("Host: {HOST}"),
+        url,
+    ]))?;
+    let ticks = cpu_ticks_tree(server_pid).saturating_sub(cpu_before);
+    let mut r = parse_wrk(&out).with_context(|| format!("parsing wrk output:\n{out}"))?;
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    r.cpu_us = ticks as f64 / hz * 1e6 / r.requests.max(1) as f64;
+    Ok(r)
+}
+
+/// utime + stime of `pid` and its direct children (nginx's workers), in clock ticks.
+fn cpu_ticks_tree(pid: u32) -> u64 {
+    let stat = |p: &str| -> Option<(u32, u64)> {
+        let s = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+        // Fields after the parenthesised command name; ppid is the 2nd, utime the 12th.
+        let rest = &s[s.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Some((
+            f[1].parse().ok()?,
+            f[11].parse::<u64>().ok()? + f[12].parse::<u64>().ok()?,
+        ))
+    };
+    let mut total = stat(&pid.to_string()).map_or(0, |(_, t)| t);
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.bytes().all(|b| b.is_ascii_digit()) {
+                if let Some((ppid, t)) = stat(&name) {
+                    if ppid == pid {
+                        total += t;
+                    }
+                }
+            }
+        }
+    }
+    total
+}
+
+fn parse_wrk(out: &str) -> Result<WrkResult> {
+    let mut r = WrkResult::default();
+    for line in out.lines() {
+        let t: Vec<&str> = line.split_whitespace().collect();
+        match t.as_slice() {
+            ["Requests/sec:", v] => r.rps = v.parse()?,
+            [n, "requests", "in", ..] => r.requests = n.parse()?,
+            ["50%", v] => r.p50_ms = ms(v)?,
+            ["99%", v] => r.p99_ms = ms(v)?,
+            ["Non-2xx", "or", "3xx", "responses:", v] => r.errors += v.parse::<u64>()?,
+            ["Socket", "errors:", rest @ ..] => {
+                for n in rest
+                    .iter()
+                    .filter_map(|s| s.trim_end_matches(',').parse::<u64>().ok())
+                {
+                    r.errors += n;
+                }
+            }
+            _ => {}
+        }
+    }
+    if r.rps == 0.0 {
+        bail!("no Requests/sec line");
+    }
+    Ok(r)
+}
+
+fn ms(v: &str) -> Result<f64> {
+    let (num, scale) = if let Some(n) = v.strip_suffix("us") {
+        (n, 1e-3)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1e3)
+    } else {
+        bail!("unknown latency unit in {v}")
+    };
+    Ok(num.parse::<f64>()? * scale)
+}
+
+fn median(v: &[WrkResult]) -> WrkResult {
+    let pick = |f: fn(&WrkResult) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        x.sort_by(|a, b| a.total_cmp(b));
+        x[x.len() / 2]
+    };
+    WrkResult {
+        rps: pick(|r| r.rps),
+        p50_ms: pick(|r| r.p50_ms),
+        p99_ms: pick(|r| r.p99_ms),
+        errors: v.iter().map(|r| r.errors).sum(),
+        requests: v.iter().map(|r| r.requests).sum(),
+        cpu_us: pick(|r| r.cpu_us),
+    }
+}
+
+/// Opens `n` keep-alive connections and sends one request on each, so each is a live,
+/// used HTTP connection (with its upstream side pooled) when memory is measured.
+fn open_connections(port: u16, n: usize) -> Result<Vec<TcpStream>> {
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(s, "GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n")?;
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        while !(got.ends_with(&b"x".repeat(BODY_BYTES)[..])) {
+            let k = s.read(&mut buf)?;
+            if k == 0 {
+                bail!("connection closed before the response finished");
+            }
+            got.extend_from_slice(&buf[..k]);
+        }
+        conns.push(s);
+    }
+    Ok(conns)
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS in /proc/PID/status")
 }

@@ -4,6 +4,7 @@
 
 mod bench_proxy;
 mod bench_redirect;
+mod demo;
 mod ebpf;
 mod setup;
 mod test;
@@ -21,6 +22,8 @@ struct Cli {
 enum Task {
     /// Build the eBPF programs (installs rust-src and bpf-linker when missing).
     BuildEbpf(ebpf::BuildEbpf),
+    /// The two-cluster VPC Lattice scenario with the emulator, allowed and denied calls.
+    Demo(demo::Demo),
     /// Run the whole test suite (needs root for the kernel tests).
     Test(test::Test),
     /// Benchmarks that compare side by side in one run.
@@ -42,6 +45,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::BuildEbpf(opts) => ebpf::run(&opts).map(|_| ()),
+        Task::Demo(opts) => demo::run(&opts),
         Task::Test(opts) => test::run(&opts),
         Task::Bench { which } => match which {
             Bench::Redirect(opts) => bench_redirect::run(&opts),

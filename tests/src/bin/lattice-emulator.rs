@@ -16,7 +16,10 @@ use tracing::info;
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Debug, Parser)]
-#[command(version, about = "VPC Lattice emulator: SigV4, IAM auth policies, TLS with a private CA")]
+#[command(
+    version,
+    about = "VPC Lattice emulator: SigV4, IAM auth policies, TLS with a private CA"
+)]
 struct Args {
     /// JSON configuration file (see the crate documentation for the format).
     #[arg(long, short, env = "LATTICE_EMULATOR_CONFIG")]
@@ -35,6 +38,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
@@ -86,17 +90,34 @@ async fn run(
     }
     let mut listeners = Vec::new();
     for listener in &file.listeners {
-        listeners.push(Listener::bind(listener.address, listener.protocol).await?);
+        listeners.push(
+            Listener::bind_in(
+                listener.address,
+                listener.protocol,
+                listener.netns.as_deref(),
+            )
+            .await?,
+        );
     }
     let mut agents = Vec::new();
     for agent in &file.pod_identity_agents {
         let credential = registry
             .get(&agent.access_key_id)
             .cloned()
-            .with_context(|| format!("access key '{}' vanished from the registry", agent.access_key_id))?;
-        let socket = tokio::net::TcpListener::bind(agent.address)
+            .with_context(|| {
+                format!(
+                    "access key '{}' vanished from the registry",
+                    agent.access_key_id
+                )
+            })?;
+        let socket = lattice_tests::netns::bind(agent.address, agent.netns.as_deref())
             .await
-            .with_context(|| format!("cannot listen on {} for the pod identity agent", agent.address))?;
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} for the pod identity agent",
+                    agent.address
+                )
+            })?;
         agents.push(pod_identity::serve(
             socket,
             PodIdentityAgent {
@@ -107,6 +128,24 @@ async fn run(
         )?);
     }
     let handle = emulator.serve(listeners);
+    // The bound addresses on stdout (ports chosen by the kernel when configured as 0), then
+    // `ready`: what a supervising script or test waits for.
+    let mut announce = String::new();
+    for (address, protocol) in handle.local_addrs() {
+        announce.push_str(&format!("listening {protocol} {address}\n"));
+    }
+    for agent in &agents {
+        announce.push_str(&format!("pod-identity {}\n", agent.credentials_uri()));
+    }
+    announce.push_str("ready\n");
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(announce.as_bytes())
+            .and_then(|()| stdout.flush())
+            .context("cannot write the listening addresses to stdout")?;
+    }
     info!("lattice emulator ready");
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -1,0 +1,243 @@
+//! The `lattice-proxy` binary as a child process: the real AWS credential chain (env,
+//! EKS Pod Identity), fail-closed behaviour, memory while streaming, SIGTERM drain.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioExecutor;
+use lattice_proxy::error::ERROR_HEADER;
+
+/// Polls `f` until it returns true; the deadline only stops a hung test.
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f().await {
+        assert!(Instant::now() < deadline, "gave up waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn env_credentials_sign_requests() {
+    let up = Upstream::start().await;
+    let p = ProxyProcess::spawn(
+        &child_args(&up, &[]),
+        &[
+            ("AWS_ACCESS_KEY_ID", AKID.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", secret_for(AKID)),
+            ("AWS_SESSION_TOKEN", token_for(AKID)),
+        ],
+    );
+    eventually("ready", async || {
+        admin_get(p.admin, "/readyz").await.0 == StatusCode::OK
+    })
+    .await;
+    let (status, _, body) = send(p.proxy, "GET", HOST, "/env", b"").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(up.seen()[0].access_key, AKID);
+    let logs = p.logs();
+    assert!(
+        !logs.contains(&secret_for(AKID)) && !logs.contains(&token_for(AKID)),
+        "{logs}"
+    );
+}
+
+#[tokio::test]
+async fn fails_closed_without_credentials() {
+    let up = Upstream::start().await;
+    let p = ProxyProcess::spawn(&child_args(&up, &[]), &[]);
+    eventually("the first credentials fetch to fail", async || {
+        let (status, body) = admin_get(p.admin, "/readyz").await;
+        status == StatusCode::SERVICE_UNAVAILABLE && body.contains("provider chain")
+    })
+    .await;
+    let (status, headers, body) = send(p.proxy, "GET", HOST, "/secret", b"").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(headers[ERROR_HEADER], "no-credentials");
+    assert!(
+        body.starts_with("lattice-proxy: no AWS credentials, request not forwarded: "),
+        "{body}"
+    );
+    assert_eq!(body.lines().count(), 1);
+    assert!(
+        up.seen().is_empty(),
+        "an unsigned request reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn pod_identity_credentials_are_refreshed_before_expiry() {
+    let up = Upstream::start().await;
+    let agent = PodIdentity::start(Duration::from_secs(4)).await;
+    let p = ProxyProcess::spawn(
+        &child_args(&up, &[]),
+        &[
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                format!("http://{}/v1/credentials", agent.addr),
+            ),
+            (
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                agent.token_file.to_str().unwrap().to_string(),
+            ),
+        ],
+    );
+    eventually("ready", async || {
+        admin_get(p.admin, "/readyz").await.0 == StatusCode::OK
+    })
+    .await;
+    // Keep sending: every request must be signed (and verified) while keys rotate underneath.
+    eventually("a request signed with refreshed credentials", async || {
+        let (status, _, body) = send(p.proxy, "GET", HOST, "/rotate", b"").await;
+        assert_eq!(status, StatusCode::OK, "{body}\n{}", p.logs());
+        let keys: std::collections::BTreeSet<String> =
+            up.seen().into_iter().map(|s| s.access_key).collect();
+        keys.len() >= 3
+    })
+    .await;
+    assert!(agent.hits.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+    let (_, m) = admin_get(p.admin, "/metrics").await;
+    assert!(
+        m.contains("lattice_proxy_credentials_refreshes_total{result=\"success\"}"),
+        "{m}"
+    );
+    let logs = p.logs();
+    assert!(
+        !logs.contains("secret/") && !logs.contains("token/"),
+        "secret in logs:\n{logs}"
+    );
+}
+
+#[tokio::test]
+async fn streams_100_mib_each_way_in_flat_memory() {
+    const SIZE: u64 = 100 * 1024 * 1024;
+    let up = Upstream::start().await;
+    let p = ProxyProcess::spawn(
+        &child_args(&up, &[]),
+        &[
+            ("AWS_ACCESS_KEY_ID", AKID.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", secret_for(AKID)),
+            ("AWS_SESSION_TOKEN", token_for(AKID)),
+        ],
+    );
+    eventually("ready", async || {
+        admin_get(p.admin, "/readyz").await.0 == StatusCode::OK
+    })
+    .await;
+    // Warm up so the pool, TLS session and buffers exist before the baseline.
+    let (status, _, _) = send(p.proxy, "POST", HOST, "/count", &[0u8; 70_000]).await;
+    assert_eq!(status, StatusCode::OK);
+    let before = p.rss_kib();
+
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/count", p.proxy))
+        .header("host", HOST)
+        .body(StreamBody { left: SIZE })
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, Bytes::from(SIZE.to_string()));
+    let after_upload = p.rss_kib();
+
+    let req = Request::builder()
+        .uri(format!("http://{}/download/{SIZE}", p.proxy))
+        .header("host", HOST)
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http()
+        .request(req)
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let mut n = 0u64;
+    while let Some(f) = body.frame().await {
+        if let Some(d) = f.unwrap().data_ref() {
+            n += d.len() as u64;
+        }
+    }
+    assert_eq!(n, SIZE);
+    let after_download = p.rss_kib();
+    let grown = after_upload.max(after_download).saturating_sub(before);
+    eprintln!("proxy RSS: {before} KiB before, {after_upload} KiB after upload, {after_download} KiB after download");
+    assert!(
+        grown <= 6 * 1024,
+        "RSS grew by {grown} KiB streaming 100 MiB"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests() {
+    let up = Upstream::start().await;
+    let mut p = ProxyProcess::spawn(
+        &child_args(&up, &["--drain-timeout", "30s"]),
+        &[
+            ("AWS_ACCESS_KEY_ID", AKID.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", secret_for(AKID)),
+            ("AWS_SESSION_TOKEN", token_for(AKID)),
+        ],
+    );
+    eventually("ready", async || {
+        admin_get(p.admin, "/readyz").await.0 == StatusCode::OK
+    })
+    .await;
+    // A request whose body is still arriving when SIGTERM comes.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/count", p.proxy))
+        .header("host", HOST)
+        .body(ChannelBody(rx))
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http();
+    let inflight = tokio::spawn(async move { client.request(req).await });
+    tx.send(Bytes::from_static(b"first half ")).await.unwrap();
+    eventually("the request to reach the upstream", async || {
+        !up.seen().is_empty()
+    })
+    .await;
+    p.sigterm();
+    eventually("draining to start", async || {
+        p.logs().contains("draining in-flight")
+    })
+    .await;
+    // New connections are refused once the listener is closed.
+    assert!(tokio::net::TcpStream::connect(p.proxy).await.is_err());
+    tx.send(Bytes::from_static(b"second half")).await.unwrap();
+    drop(tx);
+    let resp = inflight.await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"22");
+    let status = tokio::task::spawn_blocking(move || p.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn invalid_configuration_exits_64() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lattice-proxy"))
+        .args([
+            "--region",
+            "eu-west-1",
+            "--allowed-domain",
+            "10.0.0.0",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--allowed-domain"), "{err}");
+}

@@ -1,0 +1,605 @@
+//! In-process tests: the proxy against a TLS upstream that verifies every signature with
+//! botocore (tests/sigv4_oracle.py).
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use lattice_proxy::error::ERROR_HEADER;
+
+#[tokio::test]
+async fn signs_forwards_and_canonicalizes_the_query() {
+    let up = Upstream::start().await;
+    let p = start_proxy(config(&up, &[])).await;
+    let addr = p.proxy_addrs()[0];
+    let (status, headers, body) = send(addr, "GET", HOST, "/hello?x=a+b&b=2&a", b"").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(headers.get(ERROR_HEADER).is_none());
+    // The query goes upstream in the encoding that was signed.
+    assert_eq!(body, "ok GET /hello?x=a%20b&b=2&a=");
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1);
+    let auth = seen[0].headers["authorization"].to_str().unwrap();
+    assert!(
+        auth.contains("SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-amz-security-token,"),
+        "{auth}"
+    );
+    assert!(
+        auth.contains(&format!("/{REGION}/{SERVICE}/aws4_request")),
+        "{auth}"
+    );
+    assert_eq!(seen[0].headers["x-amz-content-sha256"], "UNSIGNED-PAYLOAD");
+    // The test upstream is not on 443, so the signed and sent host carries its port.
+    assert_eq!(
+        seen[0].headers["host"],
+        format!("{HOST}:{}", up.addr.port()).as_str()
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn signatures_agree_with_botocore_on_tricky_targets() {
+    let up = Upstream::start().await;
+    let p = start_proxy(config(&up, &[])).await;
+    let addr = p.proxy_addrs()[0];
+    let targets = [
+        "/",
+        "/a%20b/c",
+        "/a/./b/../c",
+        "//double//slash/",
+        "/%7Euser/%C3%BC",
+        "/x?plus=%2B&space=a%20b&raw=a+b",
+        "/x?k=2&k=1&k",
+        "/x?=v&empty=",
+        "/x?slash=/&q=%3F&amp=%26",
+        "/x?tilde=~&star=*&utf=%C3%A9",
+        "/x?",
+    ];
+    for t in targets {
+        for method in ["GET", "POST", "DELETE"] {
+            let (status, _, body) = send(addr, method, HOST, t, b"body").await;
+            assert_eq!(status, StatusCode::OK, "{method} {t}: {body}");
+        }
+    }
+    // Host in another case and with the app's port: the service name decides, lowercased.
+    let (status, _, body) = send(addr, "GET", "SVC.Example.COM:80", "/p", b"").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        up.seen().last().unwrap().headers["host"],
+        format!("{HOST}:{}", up.addr.port()).as_str()
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn app_credentials_and_lattice_identity_headers_never_pass() {
+    let up = Upstream::start().await;
+    let p = start_proxy(config(&up, &[])).await;
+    let addr = p.proxy_addrs()[0];
+    let req = Request::builder()
+        .uri(format!("http://{addr}/h"))
+        .header("host", HOST)
+        .header("authorization", "AWS4-HMAC-SHA256 Credential=AKIDFORGED/x")
+        .header("x-amz-date", "19990101T000000Z")
+        .header("x-amz-security-token", "forged")
+        .header("x-amz-content-sha256", "forged")
+        .header(
+            "x-amzn-lattice-identity",
+            "Principal=arn:aws:iam::1:role/admin",
+        )
+        .header("x-amzn-lattice-network", "forged")
+        .header("connection", "x-hop")
+        .header("x-hop", "1")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("x-forwarded-for", "10.1.2.3")
+        .header(
+            "x-amzn-trace-id",
+            "Root=1-5759e988-bd862e3fe1be46a994272793",
+        )
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let seen = up.seen().pop().unwrap();
+    assert_eq!(seen.access_key, AKID);
+    for gone in [
+        "x-amzn-lattice-identity",
+        "x-amzn-lattice-network",
+        "x-hop",
+        "proxy-authorization",
+    ] {
+        assert!(!seen.headers.contains_key(gone), "{gone} was forwarded");
+    }
+    assert_eq!(
+        seen.headers["x-amz-security-token"],
+        token_for(AKID).as_str()
+    );
+    // Forwarded but not signed (hops may change them).
+    assert_eq!(seen.headers["x-forwarded-for"], "10.1.2.3");
+    assert_eq!(seen.headers["content-type"], "application/json");
+    let auth = seen.headers["authorization"].to_str().unwrap();
+    assert!(!auth.contains("x-forwarded-for") && !auth.contains("x-amzn-trace-id"));
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn bodies_stream_both_ways() {
+    let up = Upstream::start().await;
+    // Also covers serving on the caller's runtime instead of dedicated workers.
+    let mut cfg = config(&up, &[]);
+    cfg.workers = 0;
+    let p = start_proxy(cfg).await;
+    let addr = p.proxy_addrs()[0];
+    // Content-Length body.
+    let (status, _, body) = send(addr, "POST", HOST, "/count", &[7u8; 300_000]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "300000"));
+    // Chunked body of unknown length, 8 MiB.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        for _ in 0..128 {
+            tx.send(Bytes::from(vec![1u8; 65536])).await.unwrap();
+        }
+    });
+    let req = Request::builder()
+        .method("PUT")
+        .uri(format!("http://{addr}/count"))
+        .header("host", HOST)
+        .body(ChannelBody(rx))
+        .unwrap();
+    let resp = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http()
+        .request(req)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"8388608");
+    // A large download.
+    let (status, _, body) = send(addr, "GET", HOST, "/download/5000000", b"").await;
+    assert_eq!((status, body.len()), (StatusCode::OK, 5_000_000));
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn small_payloads_can_be_signed() {
+    let up = Upstream::start().await;
+    let p = start_proxy(config(
+        &up,
+        &[
+            "--unsigned-payload=false",
+            "--signed-payload-max-bytes",
+            "1024",
+        ],
+    ))
+    .await;
+    let addr = p.proxy_addrs()[0];
+    let (status, _, body) = send(addr, "POST", HOST, "/hash", b"{\"hello\":\"lattice\"}").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body.len(), 64);
+    let (status, _, body) = send(addr, "GET", HOST, "/hash", b"").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Over the limit: streamed with UNSIGNED-PAYLOAD instead of being buffered.
+    let (status, _, body) = send(addr, "POST", HOST, "/count", &[0u8; 4096]).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "4096"));
+    assert_eq!(
+        up.seen().last().unwrap().headers["x-amz-content-sha256"],
+        "UNSIGNED-PAYLOAD"
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn hosts_outside_the_allow_list_get_403() {
+    let up = Upstream::start().await;
+    let p = start_proxy(config(&up, &[])).await;
+    let addr = p.proxy_addrs()[0];
+    for host in [
+        "169.254.169.254",
+        "127.0.0.1:8080",
+        "[::1]",
+        "evil.net",
+        "example.com.evil.net",
+        "localhost",
+    ] {
+        let (status, headers, body) = send(addr, "GET", host, "/latest/meta-data/", b"").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{host}");
+        assert_eq!(headers[ERROR_HEADER], "host-not-allowed");
+        assert!(
+            body.starts_with("lattice-proxy: host ") && body.ends_with('\n'),
+            "{body}"
+        );
+        assert_eq!(body.lines().count(), 1, "{body}");
+    }
+    assert!(
+        up.seen().is_empty(),
+        "a refused request reached the upstream"
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn lattice_responses_pass_through_unchanged() {
+    let up = Upstream::start().await;
+    let p = start_proxy(config(&up, &[])).await;
+    let (status, headers, body) = send(p.proxy_addrs()[0], "GET", HOST, "/denied", b"").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(headers.get(ERROR_HEADER).is_none());
+    assert_eq!(headers["x-amzn-errortype"], "AccessDeniedException");
+    assert!(body.starts_with("AccessDeniedException: User: arn:aws:sts::123456789012:assumed-role/app/x is not authorized"));
+    assert!(
+        body.ends_with("because no service-based policy allows the vpc-lattice-svcs:Invoke action")
+    );
+    p.shutdown().await;
+}
+
+async fn expect_error(
+    cfg: lattice_proxy::config::Config,
+    host: &str,
+    path: &str,
+    status: StatusCode,
+    kind: &str,
+    words: &str,
+) {
+    let p = start_proxy(cfg).await;
+    let (got, headers, body) = send(p.proxy_addrs()[0], "GET", host, path, b"").await;
+    assert_eq!(got, status, "{body}");
+    assert_eq!(headers[ERROR_HEADER], kind, "{body}");
+    assert!(body.contains(words), "{kind}: {body:?} lacks {words:?}");
+    assert_eq!(body.lines().count(), 1, "{body}");
+    let (_, metrics) = admin_get(p.admin_addr(), "/metrics").await;
+    assert!(
+        metrics.contains(&format!(
+            "lattice_proxy_http_errors_total{{kind=\"{}\"}} 1",
+            kind.replace('-', "_")
+        )),
+        "{metrics}"
+    );
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_failures_are_readable() {
+    let up = Upstream::start().await;
+
+    // Connection refused: a port that was just closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cfg = config(&up, &[]);
+    cfg.upstream.port = closed;
+    expect_error(
+        cfg,
+        HOST,
+        "/",
+        StatusCode::BAD_GATEWAY,
+        "connect-refused",
+        "refused the connection",
+    )
+    .await;
+
+    // DNS failure.
+    let mut cfg = config(&up, &[]);
+    cfg.upstream.resolve.insert("nx.example.com".into(), vec![]);
+    expect_error(
+        cfg,
+        "nx.example.com",
+        "/",
+        StatusCode::BAD_GATEWAY,
+        "dns",
+        "DNS lookup of nx.example.com failed",
+    )
+    .await;
+
+    // Unknown issuer: the private CA is not configured.
+    let mut cfg = config(&up, &[]);
+    cfg.upstream.ca_file = None;
+    cfg.upstream.system_roots = true;
+    expect_error(
+        cfg,
+        HOST,
+        "/",
+        StatusCode::BAD_GATEWAY,
+        "tls",
+        "unknown issuer; add the private CA with --ca-file",
+    )
+    .await;
+
+    // Name mismatch: the certificate is for *.example.com.
+    let cfg = config(
+        &up,
+        &[
+            "--allowed-domain",
+            "example.org",
+            "--resolve",
+            "svc.example.org:127.0.0.1",
+        ],
+    );
+    expect_error(
+        cfg,
+        "svc.example.org",
+        "/",
+        StatusCode::BAD_GATEWAY,
+        "tls",
+        "name mismatch",
+    )
+    .await;
+
+    // Response timeout.
+    let cfg = config(&up, &["--response-timeout", "200ms"]);
+    expect_error(
+        cfg,
+        HOST,
+        "/slow",
+        StatusCode::GATEWAY_TIMEOUT,
+        "response-timeout",
+        "--response-timeout",
+    )
+    .await;
+
+    // TLS handshake timeout: a peer that accepts TCP and never speaks.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let _hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let mut cfg = config(&up, &["--tls-timeout", "200ms"]);
+    cfg.upstream.port = silent_port;
+    expect_error(
+        cfg,
+        HOST,
+        "/",
+        StatusCode::GATEWAY_TIMEOUT,
+        "tls-timeout",
+        "TLS handshake",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn h2c_grpc_with_trailers_round_trips() {
+    let up = Upstream::start().await;
+    let p = start_proxy(config(&up, &[])).await;
+    let tcp = tokio::net::TcpStream::connect(p.proxy_addrs()[0])
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-request-trailer", "from-client".parse().unwrap());
+    let body = FramesBody(
+        [
+            Frame::data(Bytes::from_static(b"\x00\x00\x00\x00\x05hello")),
+            Frame::trailers(trailers),
+        ]
+        .into(),
+    );
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("http://{HOST}/grpc"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/grpc");
+    let collected = resp.into_body().collect().await.unwrap();
+    let t = collected.trailers().cloned().expect("response trailers");
+    assert_eq!(t["grpc-status"], "0");
+    assert_eq!(t["x-echo-trailer"], "from-client");
+    assert_eq!(&collected.to_bytes()[..], b"\x00\x00\x00\x00\x05hello");
+    let seen = up.seen().pop().unwrap();
+    assert_eq!(
+        seen.version,
+        http::Version::HTTP_2,
+        "ALPN should pick h2 upstream"
+    );
+    assert_eq!(seen.headers["te"], "trailers");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn absolute_form_works_as_an_explicit_proxy() {
+    let up = Upstream::start().await;
+    let p = start_proxy(config(&up, &[])).await;
+    let proxy = format!("http://{}", p.proxy_addrs()[0]);
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--noproxy",
+            "",
+            "-x",
+            &proxy,
+            "-D",
+            "-",
+            "http://svc.example.com/abs?q=a+b",
+        ])
+        .output()
+        .await
+        .expect("curl is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.ends_with("ok GET /abs?q=a%20b"), "{text}");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn raw_protocol_edges() {
+    let up = Upstream::start().await;
+    let p = start_proxy(config(&up, &[])).await;
+    let addr = p.proxy_addrs()[0];
+
+    // CONNECT (curl -x with https://) and WebSocket upgrades: 501 with a reason.
+    let r = raw(
+        addr,
+        b"CONNECT svc.example.com:443 HTTP/1.1\r\nHost: svc.example.com:443\r\n\r\n",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 501"), "{r}");
+    assert!(r.contains("send plain http://"), "{r}");
+    let r = raw(addr, b"GET /ws HTTP/1.1\r\nHost: svc.example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").await;
+    assert!(
+        r.starts_with("HTTP/1.1 501") && r.contains("WebSocket"),
+        "{r}"
+    );
+
+    // Malformed request line and missing Host.
+    let r = raw(addr, b"NOT HTTP AT ALL\r\n\r\n").await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let r = raw(addr, b"GET / HTTP/1.0\r\n\r\n").await;
+    assert!(
+        r.starts_with("HTTP/1.0 400") && r.contains("no Host header"),
+        "{r}"
+    );
+
+    // Header section over --max-header-bytes (64 KiB by default).
+    let mut big = b"GET / HTTP/1.1\r\nHost: svc.example.com\r\n".to_vec();
+    for i in 0..40 {
+        big.extend_from_slice(format!("x-big-{i}: {}\r\n", "a".repeat(2000)).as_bytes());
+    }
+    big.extend_from_slice(b"\r\n");
+    let r = raw(addr, &big).await;
+    assert!(r.starts_with("HTTP/1.1 431"), "{r}");
+
+    // Expect: 100-continue: the proxy answers 100, then the body streams upstream.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST /count HTTP/1.1\r\nHost: svc.example.com\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100 Continue"));
+    s.write_all(b"hello").await.unwrap();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).await.unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.contains("200 OK") && rest.ends_with("\r\n\r\n5"),
+        "{rest}"
+    );
+    assert!(up.seen().iter().all(|s| !s.headers.contains_key("expect")));
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_endpoints() {
+    let up = Upstream::start().await;
+    let p = start_proxy(config(&up, &[])).await;
+    let admin = p.admin_addr();
+    assert_eq!(admin_get(admin, "/healthz").await.0, StatusCode::OK);
+    assert_eq!(
+        admin_get(admin, "/readyz").await,
+        (StatusCode::OK, "ready\n".into())
+    );
+    let (status, _, _) = send(p.proxy_addrs()[0], "GET", HOST, "/m", b"").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, m) = admin_get(admin, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    for want in [
+        "lattice_proxy_http_requests_total{status=\"200\"} 1",
+        "lattice_proxy_http_request_duration_seconds_count 1",
+        "lattice_proxy_upstream_connections_open 1",
+        "lattice_proxy_upstream_connections_total 1",
+        "lattice_proxy_credentials_refreshes_total{result=\"success\"} 1",
+        "lattice_proxy_credentials_valid 1",
+        "# EOF",
+    ] {
+        assert!(m.contains(want), "missing {want} in\n{m}");
+    }
+    assert!(!m.contains(&secret_for(AKID)) && !m.contains(&token_for(AKID)));
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn sigv4a_signatures_verify() {
+    // The oracle's SigV4A key derivation against the official suite's public key.
+    let oracle = Oracle::spawn();
+    let pk = oracle.expected(&serde_json::json!({
+        "op": "v4a_public_key",
+        "access_key": "AKIDEXAMPLE",
+        "secret_key": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+    }));
+    assert_eq!(
+        pk["x"],
+        "b6618f6a65740a99e650b33b6b4b5bd0d43b176d721a3edfea7e7d2d56d936b1"
+    );
+    assert_eq!(
+        pk["y"],
+        "865ed22a7eadc9c5cb9d2cbaca1b3699139fedc5043dc6661864218330c8e518"
+    );
+
+    let up = Upstream::start().await;
+    let p = start_proxy(config(
+        &up,
+        &["--sigv4a", "--region-set", "eu-west-1,us-east-1"],
+    ))
+    .await;
+    for target in ["/", "/a%20b/?x=a+b&k", "//p/./q/../r"] {
+        let (status, _, body) = send(p.proxy_addrs()[0], "GET", HOST, target, b"").await;
+        assert_eq!(status, StatusCode::OK, "{target}: {body}");
+    }
+    let seen = up.seen().pop().unwrap();
+    assert_eq!(seen.headers["x-amz-region-set"], "eu-west-1,us-east-1");
+    assert!(seen.headers["authorization"]
+        .to_str()
+        .unwrap()
+        .starts_with("AWS4-ECDSA-P256-SHA256 Credential="));
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn private_ca_is_fetched_from_acm_pca() {
+    let up = Upstream::start().await;
+    // A second server (own test CA) plays ACM PCA and hands out the upstream's CA.
+    let ca_pem = std::fs::read_to_string(&up.pki.ca_file).unwrap();
+    let acm = Upstream::start_with(Some(ca_pem)).await;
+    let endpoint = format!("https://acm.example.com:{}/", acm.addr.port());
+    let mut cfg = config(
+        &up,
+        &[
+            "--private-ca-arn",
+            "arn:aws:acm-pca:eu-west-1:123456789012:certificate-authority/0f1e2d3c-test",
+            "--acm-pca-endpoint",
+            &endpoint,
+            "--resolve",
+            "acm.example.com:127.0.0.1",
+        ],
+    );
+    // Trust only the ACM stand-in's CA up front: the upstream is reachable only if the
+    // fetched CA is trusted.
+    cfg.upstream.ca_file = Some(acm.pki.ca_file.clone());
+    let p = start_proxy(cfg).await;
+    let (status, _, body) = send(p.proxy_addrs()[0], "GET", HOST, "/via-fetched-ca", b"").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let call = acm.seen().pop().expect("ACM PCA was called");
+    let auth = call.headers["authorization"].to_str().unwrap();
+    assert!(auth.contains("/eu-west-1/acm-pca/aws4_request"), "{auth}");
+    assert!(
+        auth.contains(
+            "content-type;host;x-amz-content-sha256;x-amz-date;x-amz-security-token;x-amz-target"
+        ),
+        "{auth}"
+    );
+    p.shutdown().await;
+}

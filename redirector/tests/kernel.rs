@@ -1,0 +1,343 @@
+//! lattice-redirector on the real kernel: redirection, exclusions, IPv6, pin life cycle,
+//! live configuration, enrollment commands, metrics, logs and bad input. Root is required
+//! (the tests fail, never skip, without it). Each test has its own cgroup subtree, netns and
+//! pins, removed when it ends, pass or fail.
+
+mod support;
+
+use std::io::{BufRead, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+use support::{Sandbox, PROBE_ENV};
+
+/// Address in a prefix (default 169.254.171.0/24) and port (80) that is redirected.
+const LATTICE_V4: &str = "169.254.171.5";
+const LATTICE_V6: &str = "fd00:ec2:80::5";
+const APP: u32 = 1000;
+const PROXY: u32 = 1337;
+
+// ---------------------------------------------------------------------------------------
+// The probe: this binary re-executed inside a sandbox (see support::Probe).
+
+fn orig_dst(stream: &TcpStream, v6: bool) -> String {
+    let fd = stream.as_raw_fd();
+    let mut buf = [0u8; 28];
+    let mut len: libc::socklen_t = if v6 { 28 } else { 16 };
+    let level = if v6 { libc::SOL_IPV6 } else { libc::SOL_IP };
+    // SAFETY: buf is large enough for the length we pass.
+    let r = unsafe { libc::getsockopt(fd, level, 80, buf.as_mut_ptr().cast(), &mut len) };
+    if r != 0 {
+        return format!("none({})", std::io::Error::last_os_error());
+    }
+    let port = u16::from_be_bytes([buf[2], buf[3]]);
+    let addr: IpAddr = if v6 {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&buf[8..24]);
+        IpAddr::from(a)
+    } else {
+        IpAddr::from([buf[4], buf[5], buf[6], buf[7]])
+    };
+    SocketAddr::new(addr, port).to_string()
+}
+
+#[test]
+#[ignore = "entry point of the probes the other tests start (support::Probe)"]
+fn probe() {
+    let Ok(cmd) = std::env::var(PROBE_ENV) else {
+        return; // An ordinary run: nothing to do.
+    };
+    let args: Vec<&str> = cmd.split_whitespace().collect();
+    match args.as_slice() {
+        ["connect", addr, port] => {
+            let sa = SocketAddr::new(addr.parse().unwrap(), port.parse().unwrap());
+            match TcpStream::connect_timeout(&sa, Duration::from_secs(2)) {
+                Ok(s) => {
+                    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                    let peer = s.peer_addr().unwrap();
+                    let mut line = String::new();
+                    let _ = std::io::BufReader::new(&s).read_line(&mut line);
+                    println!("PROBE connected peer={peer} got={}", line.trim());
+                }
+                Err(e) => println!("PROBE error {e}"),
+            }
+        }
+        ["listen", addr, port, n] => {
+            let l = TcpListener::bind((addr.parse::<IpAddr>().unwrap(), port.parse().unwrap()))
+                .unwrap();
+            println!("PROBE listening");
+            for _ in 0..n.parse::<u32>().unwrap() {
+                let (mut s, peer) = l.accept().unwrap();
+                let orig = orig_dst(&s, peer.is_ipv6());
+                println!("PROBE accepted orig={orig}");
+                let _ = s.write_all(b"hello\n");
+            }
+        }
+        other => panic!("unknown probe command {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// Starts the proxy stand-in: a listener on the proxy port in the proxy's cgroup, as the
+/// unprivileged proxy GID.
+fn proxy(sb: &Sandbox, addr: &str, n: u32) -> support::Probe {
+    let mut p = sb.probe(&sb.proxy, PROXY, PROXY, &["listen", addr, "15001", &n.to_string()]);
+    assert_eq!(p.line(), "listening");
+    p
+}
+
+fn unreachable(result: &str) -> bool {
+    // Inside the test netns only loopback exists: a connect that is not redirected to the
+    // proxy finds no route (the Lattice range is never reachable from here).
+    result.starts_with("error") && result.to_lowercase().contains("unreachable")
+}
+
+fn counters(sb: &Sandbox) -> String {
+    let out = sb.command(&["status"]);
+    assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn counter(status: &str, name: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(name)).then(|| f.next().unwrap().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no counter {name} in:\n{status}"))
+}
+
+#[test]
+fn redirects_an_enrolled_app_and_restores_both_views() {
+    let sb = Sandbox::new("v4");
+    let mut agent = sb.agent(&["--log-redirects"]);
+    let mut proxy = proxy(&sb, "127.0.0.1", 1);
+
+    let result = sb.connect(&sb.app, APP, LATTICE_V4, 80);
+    // The app believes it talks to Lattice (getpeername) but reached the proxy.
+    assert_eq!(result, "connected peer=169.254.171.5:80 got=hello");
+    // The unprivileged proxy recovers the original destination with getsockopt.
+    assert_eq!(proxy.line(), "accepted orig=169.254.171.5:80");
+
+    // aya-log records reach tracing.
+    agent.wait_for("redirect 169.254.171.5:80 -> proxy port 15001", Duration::from_secs(5));
+    let status = counters(&sb);
+    assert_eq!(counter(&status, "redirected"), 1, "{status}");
+    assert_eq!(counter(&status, "orig_dst_answered"), 1, "{status}");
+    assert!(counter(&status, "peer_restored") >= 1, "{status}");
+}
+
+#[test]
+fn leaves_other_gids_cgroups_ports_and_addresses_alone() {
+    let sb = Sandbox::new("skip");
+    let _agent = sb.agent(&[]);
+    let mut proxy = proxy(&sb, "127.0.0.1", 1);
+
+    let cases = [
+        ("gid 0", sb.connect(&sb.app, 0, LATTICE_V4, 80), "skip_gid"),
+        ("the proxy's gid", sb.connect(&sb.app, PROXY, LATTICE_V4, 80), "skip_proxy_gid"),
+        ("a cgroup not enrolled", sb.connect(&sb.other, APP, LATTICE_V4, 80), "skip_not_enrolled"),
+        ("port 8080", sb.connect(&sb.app, APP, LATTICE_V4, 8080), "skip_port"),
+        ("169.254.172.5", sb.connect(&sb.app, APP, "169.254.172.5", 80), "skip_prefix"),
+    ];
+    let status = counters(&sb);
+    for (what, result, skip) in &cases {
+        assert!(unreachable(result), "{what}: expected no redirect, got {result}");
+        assert_eq!(counter(&status, skip), 1, "{what}: {skip}\n{status}");
+    }
+    assert_eq!(counter(&status, "redirected"), 0, "{status}");
+
+    // The same app, GID and destination is redirected: the cases above differ only in the
+    // one property each checks.
+    assert_eq!(sb.connect(&sb.app, APP, LATTICE_V4, 80), "connected peer=169.254.171.5:80 got=hello");
+    assert_eq!(proxy.line(), "accepted orig=169.254.171.5:80");
+}
+
+#[test]
+fn exempt_mode_redirects_all_gids_but_the_listed_ones() {
+    let sb = Sandbox::new("exempt");
+    let agent = sb.agent(&["--exempt-gid", "0"]);
+    assert!(agent.log().contains("silently never redirected"), "gid-0 warning missing:\n{}", agent.log());
+    let mut proxy = proxy(&sb, "127.0.0.1", 1);
+    assert!(unreachable(&sb.connect(&sb.app, 0, LATTICE_V4, 80)));
+    assert_eq!(sb.connect(&sb.app, 2000, LATTICE_V4, 80), "connected peer=169.254.171.5:80 got=hello");
+    assert_eq!(proxy.line(), "accepted orig=169.254.171.5:80");
+}
+
+#[test]
+fn redirects_ipv6_and_v4_mapped_destinations() {
+    let sb = Sandbox::new("v6");
+    let _agent = sb.agent(&[]);
+
+    let mut proxy6 = proxy(&sb, "::1", 1);
+    assert_eq!(sb.connect(&sb.app, APP, LATTICE_V6, 80), "connected peer=[fd00:ec2:80::5]:80 got=hello");
+    assert_eq!(proxy6.line(), "accepted orig=[fd00:ec2:80::5]:80");
+    drop(proxy6);
+
+    // A dual-stack socket to ::ffff:169.254.171.9 goes through connect6 but is IPv4.
+    let mut proxy4 = proxy(&sb, "127.0.0.1", 1);
+    assert_eq!(
+        sb.connect(&sb.app, APP, "::ffff:169.254.171.9", 80),
+        "connected peer=[::ffff:169.254.171.9]:80 got=hello"
+    );
+    assert_eq!(proxy4.line(), "accepted orig=169.254.171.9:80");
+    assert!(unreachable(&sb.connect(&sb.app, APP, "fd00:ec2:81::5", 80)));
+}
+
+#[test]
+fn pins_survive_kill_9_are_adopted_and_uninstall_removes_them() {
+    let sb = Sandbox::new("pins");
+    let mut agent = sb.agent(&[]);
+    agent.wait_for("attached and pinned programs", Duration::from_secs(1));
+    agent.kill9();
+
+    // No agent: redirection goes on.
+    let mut p = proxy(&sb, "127.0.0.1", 2);
+    assert_eq!(sb.connect(&sb.app, APP, LATTICE_V4, 80), "connected peer=169.254.171.5:80 got=hello");
+    assert_eq!(p.line(), "accepted orig=169.254.171.5:80");
+
+    // A new agent adopts the pins instead of attaching again.
+    let mut agent = sb.agent(&[]);
+    agent.wait_for("adopted pinned programs", Duration::from_secs(1));
+    let status = counters(&sb);
+    assert_eq!(status.matches("attached: generation").count(), 1, "{status}");
+    assert_eq!(sb.connect(&sb.app, APP, LATTICE_V4, 80), "connected peer=169.254.171.5:80 got=hello");
+    assert_eq!(p.line(), "accepted orig=169.254.171.5:80");
+
+    // SIGTERM (a rollout) does not detach either.
+    assert!(agent.terminate().success());
+    assert!(counters(&sb).contains("le_connect4"));
+
+    let out = sb.command(&["uninstall"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!sb.pins.exists(), "pins left after uninstall");
+    assert!(unreachable(&sb.connect(&sb.app, APP, LATTICE_V4, 80)), "still redirected after uninstall");
+    let out = sb.command(&["status"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing is installed"));
+}
+
+#[test]
+fn configuration_changes_reach_new_connections_without_reattaching() {
+    let sb = Sandbox::new("reload");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("redirector.toml");
+    std::fs::write(&file, "ports = [80]\n").unwrap();
+    let mut agent = sb.agent(&["--config", file.to_str().unwrap()]);
+    let before = counters(&sb);
+    let mut p = proxy(&sb, "127.0.0.1", 1);
+    assert!(unreachable(&sb.connect(&sb.app, APP, LATTICE_V4, 8080)));
+
+    std::fs::write(&file, "ports = [80, 8080]\n").unwrap();
+    agent.signal(libc::SIGHUP);
+    agent.wait_for("configuration applied", Duration::from_secs(5));
+    assert_eq!(sb.connect(&sb.app, APP, LATTICE_V4, 8080), "connected peer=169.254.171.5:8080 got=hello");
+    assert_eq!(p.line(), "accepted orig=169.254.171.5:8080");
+
+    // A bad file is refused and the previous configuration stays.
+    std::fs::write(&file, "ports = [80, 99999]\n").unwrap();
+    agent.signal(libc::SIGHUP);
+    agent.wait_for("configuration refused", Duration::from_secs(5));
+    let after = counters(&sb);
+    // Same link ids: nothing was re-attached.
+    let links = |s: &str| s.lines().filter(|l| l.contains(" link ")).map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(links(&before), links(&after));
+    let (_, metrics) = agent.http_get("/metrics");
+    assert!(metrics.contains("lattice_redirector_config_reloads_total{result=\"error\"} 1"), "{metrics}");
+}
+
+#[test]
+fn enroll_and_unenroll_commands_act_on_the_live_installation() {
+    let sb = Sandbox::new("enroll");
+    let _agent = sb.agent(&[]);
+    let mut p = proxy(&sb, "127.0.0.1", 1);
+    assert!(unreachable(&sb.connect(&sb.other, APP, LATTICE_V4, 80)));
+
+    let out = sb.command(&["enroll", sb.other.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(sb.connect(&sb.other, APP, LATTICE_V4, 80), "connected peer=169.254.171.5:80 got=hello");
+    assert_eq!(p.line(), "accepted orig=169.254.171.5:80");
+    assert!(counters(&sb).contains("command"));
+
+    let out = sb.command(&["unenroll", sb.other.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(unreachable(&sb.connect(&sb.other, APP, LATTICE_V4, 80)));
+
+    // A child of an enrolled cgroup (a container in a pod) is covered by its parent.
+    let child = sb.app.join("container");
+    std::fs::create_dir(&child).unwrap();
+    let mut p = proxy(&sb, "127.0.0.1", 1);
+    let r = sb.connect(&child, APP, LATTICE_V4, 80);
+    std::fs::remove_dir(&child).unwrap();
+    assert_eq!(r, "connected peer=169.254.171.5:80 got=hello");
+    assert_eq!(p.line(), "accepted orig=169.254.171.5:80");
+}
+
+#[test]
+fn closed_connections_leave_no_entries_and_metrics_report() {
+    let sb = Sandbox::new("metrics");
+    let agent = sb.agent(&[]);
+    let n = 20;
+    let mut p = proxy(&sb, "127.0.0.1", n);
+    for _ in 0..n {
+        assert_eq!(sb.connect(&sb.app, APP, LATTICE_V4, 80), "connected peer=169.254.171.5:80 got=hello");
+        assert_eq!(p.line(), "accepted orig=169.254.171.5:80");
+    }
+    drop(p);
+    // Both ends are closed now; the sock_ops program removed the entries at TCP_CLOSE.
+    let status = counters(&sb);
+    assert!(status.contains("tracked connections: 0 sockets, 0 peers"), "{status}");
+
+    let (head, body) = agent.http_get("/healthz");
+    assert!(head.contains("200"), "{head} {body}");
+    let (head, metrics) = agent.http_get("/metrics");
+    assert!(head.contains("200"));
+    assert!(metrics.contains(&format!("lattice_redirector_connects_total{{result=\"redirected\"}} {n}")), "{metrics}");
+    assert!(metrics.contains("lattice_redirector_enrolled_cgroups 1"), "{metrics}");
+    assert!(metrics.contains("lattice_redirector_tracked_connections{map=\"sockets\"} 0"), "{metrics}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Bad input: a clear error naming the value, a non-zero exit, nothing left attached.
+
+fn run_bad(sb: &Sandbox, extra: &[&str]) -> (i32, String) {
+    let mut args = sb.pin_args();
+    args.extend(["run", "--attach-cgroup", sb.root.to_str().unwrap()].iter().map(|s| s.to_string()));
+    if !extra.contains(&"--admin-addr") {
+        args.extend(["--admin-addr".to_string(), "127.0.0.1:0".to_string()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let out = std::process::Command::new(support::AGENT)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(!sb.pins.join("links").exists(), "links left behind after {extra:?}");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn bad_input_is_named_and_leaves_nothing_attached() {
+    let sb = Sandbox::new("bad");
+    let cases: [(&[&str], i32, &str); 7] = [
+        (&["--bogus"], 2, "unexpected argument '--bogus'"),
+        (&["--prefix", "169.254.171.0/33"], 64, "'169.254.171.0/33': prefix length must be 0..=32"),
+        (&["--prefix", "169.254.171.5/24"], 64, "did you mean 169.254.171.0/24"),
+        (&["--port", "http"], 64, "'http' is not a TCP port"),
+        (&["--redirect-gid", "4294967295"], 64, "'4294967295' is not a GID"),
+        (&["--cgroup", "no/such/pod"], 64, "cgroup no/such/pod does not exist"),
+        (&["--admin-addr", "localhost"], 64, "'localhost' is not ADDRESS:PORT"),
+    ];
+    for (args, code, message) in cases {
+        let (got, stderr) = run_bad(&sb, args);
+        assert_eq!(got, code, "{args:?}: exit {got}\n{stderr}");
+        assert!(stderr.contains(message), "{args:?}: expected {message:?} in:\n{stderr}");
+    }
+    let bad = std::env::temp_dir().join(format!("le-bad-{}.toml", std::process::id()));
+    std::fs::write(&bad, "portz = [80]\n").unwrap();
+    let (got, stderr) = run_bad(&sb, &["--config", bad.to_str().unwrap()]);
+    std::fs::remove_file(&bad).unwrap();
+    assert_eq!(got, 64, "{stderr}");
+    assert!(stderr.contains("unknown field `portz`") && stderr.contains(bad.to_str().unwrap()), "{stderr}");
+}

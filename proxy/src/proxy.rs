@@ -98,9 +98,9 @@ impl Proxy {
             Err(err) => {
                 let kind = err.kind();
                 if kind.is_upstream() || matches!(err, ProxyError::NoCredentials(_)) {
-                    tracing::warn!(%method, %path, error = %err, kind = kind.as_str(), "request failed");
+                    tracing::warn!(client = %conn.client, %method, %path, error = %err, kind = kind.as_str(), "request failed");
                 } else {
-                    tracing::info!(%method, %path, error = %err, kind = kind.as_str(), "request refused");
+                    tracing::info!(client = %conn.client, %method, %path, error = %err, kind = kind.as_str(), "request refused");
                 }
                 (err.to_response(), Some(kind))
             }

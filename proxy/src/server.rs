@@ -365,7 +365,9 @@ async fn accept_loop(
             client,
             original_dst: original_dst(&stream),
         };
-        let span = tracing::info_span!("conn", %client);
+        // Debug level: an enabled span is entered on every poll of the connection, which the
+        // default (info) configuration should not pay for; request events carry the client.
+        let span = tracing::debug_span!("conn", %client);
         let proxy = proxy.clone();
         let metrics = metrics.clone();
         let svc = service_fn(move |req| {

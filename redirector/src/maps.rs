@@ -85,17 +85,8 @@ impl Maps {
 
     /// Writes `cfg` into the live maps: new entries are added before stale ones are removed
     /// and the configuration slot is written last, so running connects never see a gap.
-    /// Returns the number of cgroups the configuration enrolls.
     pub fn apply(&mut self, cfg: &Redirect) -> Result<()> {
-        // Prefixes.
-        let mut want4 = Vec::new();
-        let mut want6 = Vec::new();
-        for p in &cfg.prefixes {
-            match p.addr {
-                IpAddr::V4(a) => want4.push((u32::from(p.len), a.octets())),
-                IpAddr::V6(a) => want6.push((u32::from(p.len), a.octets())),
-            }
-        }
+        let (want4, want6) = prefix_keys(cfg);
         for (len, data) in &want4 {
             self.v4
                 .insert(&Key::new(*len, *data), 1, 0)
@@ -129,21 +120,7 @@ impl Maps {
         sync_set(&mut self.ports, &ports, names::PORTS)?;
         sync_set(&mut self.gids, &cfg.gids.gids, names::GIDS)?;
 
-        let mut flags = FLAG_ENABLED;
-        if cfg.log_redirects {
-            flags |= FLAG_LOG_REDIRECTS;
-        }
-        if cfg.proxy_gid.is_some() {
-            flags |= FLAG_PROXY_GID;
-        }
-        let slot = RedirectConfig {
-            proxy_v4: cfg.proxy_v4.octets(),
-            proxy_v6: cfg.proxy_v6.octets(),
-            proxy_port: u32::from(cfg.proxy_port),
-            gid_mode: cfg.gids.mode as u32,
-            proxy_gid: cfg.proxy_gid.unwrap_or(0),
-            flags,
-        };
+        let slot = config_slot(cfg);
         self.config
             .set(0, slot, 0)
             .map_err(Error::map(names::CONFIG))?;
@@ -214,6 +191,38 @@ impl Maps {
     }
 }
 
+/// The LPM trie keys of the configured prefixes: (prefix length, address bytes), per family.
+pub fn prefix_keys(cfg: &Redirect) -> (Vec<(u32, [u8; 4])>, Vec<(u32, [u8; 16])>) {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for p in &cfg.prefixes {
+        match p.addr {
+            IpAddr::V4(a) => v4.push((u32::from(p.len), a.octets())),
+            IpAddr::V6(a) => v6.push((u32::from(p.len), a.octets())),
+        }
+    }
+    (v4, v6)
+}
+
+/// The configuration slot the programs read, encoded from `cfg`.
+pub fn config_slot(cfg: &Redirect) -> RedirectConfig {
+    let mut flags = FLAG_ENABLED;
+    if cfg.log_redirects {
+        flags |= FLAG_LOG_REDIRECTS;
+    }
+    if cfg.proxy_gid.is_some() {
+        flags |= FLAG_PROXY_GID;
+    }
+    RedirectConfig {
+        proxy_v4: cfg.proxy_v4.octets(),
+        proxy_v6: cfg.proxy_v6.octets(),
+        proxy_port: u32::from(cfg.proxy_port),
+        gid_mode: cfg.gids.mode as u32,
+        proxy_gid: cfg.proxy_gid.unwrap_or(0),
+        flags,
+    }
+}
+
 fn sync_set<K: aya::Pod + PartialEq + Copy>(
     map: &mut HashMap<MapData, K, u32>,
     want: &[K],
@@ -231,4 +240,45 @@ fn sync_set<K: aya::Pod + PartialEq + Copy>(
         map.remove(&k).map_err(Error::map(name))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{resolve, File, Overrides};
+    use redirector_common::GidMode;
+
+    fn cfg(over: Overrides) -> Redirect {
+        resolve(&File::default(), &over, &std::env::temp_dir()).unwrap()
+    }
+
+    #[test]
+    fn prefixes_become_network_order_trie_keys() {
+        let (v4, v6) = prefix_keys(&cfg(Overrides::default()));
+        assert_eq!(v4, vec![(24, [169, 254, 171, 0])]);
+        let mut want6 = [0u8; 16];
+        want6[..6].copy_from_slice(&[0xfd, 0x00, 0x0e, 0xc2, 0x00, 0x80]);
+        assert_eq!(v6, vec![(64, want6)]);
+    }
+
+    #[test]
+    fn config_slot_encodes_addresses_port_mode_and_flags() {
+        let slot = config_slot(&cfg(Overrides {
+            exempt_gids: Some(vec!["0".into()]),
+            proxy_gid: Some("none".into()),
+            proxy_port: Some("15006".into()),
+            log_redirects: Some(true),
+            ..Default::default()
+        }));
+        assert_eq!(slot.proxy_v4, [127, 0, 0, 1]);
+        assert_eq!(slot.proxy_v6[15], 1);
+        assert_eq!(slot.proxy_port, 15006);
+        assert_eq!(slot.gid_mode, GidMode::AllExcept as u32);
+        assert_eq!(slot.flags, FLAG_ENABLED | FLAG_LOG_REDIRECTS);
+
+        let slot = config_slot(&cfg(Overrides::default()));
+        assert_eq!(slot.gid_mode, GidMode::Only as u32);
+        assert_eq!(slot.flags, FLAG_ENABLED | FLAG_PROXY_GID);
+        assert_eq!(slot.proxy_gid, 1337);
+    }
 }

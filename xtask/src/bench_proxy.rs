@@ -175,7 +175,8 @@ pub fn run(opts: &BenchProxy) -> Result<()> {
             .env("AWS_SECRET_ACCESS_KEY", "bench/secret/key")
             .env("AWS_SESSION_TOKEN", "bench-session-token")
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("RUST_LOG", "warn")
+            // The production default: what operators run is what is measured.
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", proxy_bin.display()))?,

@@ -72,6 +72,9 @@ pub struct Sandbox {
     pub netns: String,
     pub pins: PathBuf,
     pub cgroup2: PathBuf,
+    /// A copy of this test binary that unprivileged probes can execute even when the
+    /// checkout lives where only root may enter (e.g. under /root).
+    pub probe_exe: PathBuf,
 }
 
 impl Sandbox {
@@ -81,7 +84,15 @@ impl Sandbox {
         let name = format!("le-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
         let cgroup2 = cgroup2();
         let root = cgroup2.join(&name);
+        let probe_dir = std::env::temp_dir().join(&name);
+        std::fs::create_dir_all(&probe_dir).unwrap();
+        let probe_exe = probe_dir.join("probe");
+        std::fs::copy(std::env::current_exe().unwrap(), &probe_exe).unwrap();
+        for p in [&probe_dir, &probe_exe] {
+            std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        }
         let sb = Sandbox {
+            probe_exe,
             app: root.join("app"),
             other: root.join("other"),
             proxy: root.join("proxy"),
@@ -135,7 +146,7 @@ impl Sandbox {
 
     /// Starts a probe in `cgroup` and this netns as `uid`/`gid`.
     pub fn probe(&self, cgroup: &Path, uid: u32, gid: u32, args: &[&str]) -> Probe {
-        Probe::start(cgroup, &self.netns, uid, gid, args)
+        Probe::start(&self.probe_exe, cgroup, &self.netns, uid, gid, args)
     }
 
     /// Connects from the app cgroup as `gid`; returns the probe's result line.
@@ -160,6 +171,9 @@ impl Drop for Sandbox {
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                 }
             }
+        }
+        if let Some(dir) = self.probe_exe.parent() {
+            let _ = std::fs::remove_dir_all(dir);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         for dir in [&self.app, &self.other, &self.proxy, &self.root] {
@@ -274,11 +288,11 @@ pub struct Probe {
 }
 
 impl Probe {
-    fn start(cgroup: &Path, netns: &str, uid: u32, gid: u32, args: &[&str]) -> Probe {
+    fn start(exe: &Path, cgroup: &Path, netns: &str, uid: u32, gid: u32, args: &[&str]) -> Probe {
         let netns_path = PathBuf::from("/run/netns").join(netns);
         let netns_file = std::fs::File::open(&netns_path).unwrap();
         let procs = cgroup.join("cgroup.procs");
-        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        let mut cmd = Command::new(exe);
         cmd.args(["--exact", "probe", "--ignored", "--nocapture", "--test-threads=1"])
             .env(PROBE_ENV, args.join(" "))
             .stdout(Stdio::piped())

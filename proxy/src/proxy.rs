@@ -92,8 +92,10 @@ impl Proxy {
         let start = Instant::now();
         let version = req.version();
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        let (mut resp, error) = match self.forward(req, &conn).await {
+        // A cheap clone (shared bytes), kept for the log lines.
+        let target = req.uri().clone();
+        let path = target.path();
+        let (mut resp, error) = match self.forward(req).await {
             Ok(resp) => (resp, None),
             Err(err) => {
                 let kind = err.kind();
@@ -113,11 +115,7 @@ impl Proxy {
         resp
     }
 
-    async fn forward(
-        &self,
-        req: Request<Incoming>,
-        _conn: &ConnInfo,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    async fn forward(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
         if req.method() == Method::CONNECT {
             return Err(ProxyError::ConnectUnsupported);
         }
@@ -172,8 +170,8 @@ impl Proxy {
         // The pool decides HTTP/1.1 or HTTP/2 from ALPN; hyper refuses an HTTP/2-versioned
         // request on an HTTP/1.1 connection, so always hand it 1.1.
         *up.version_mut() = Version::HTTP_11;
+        // The inbound extensions (hyper's upgrade handle, h2 protocol) stay on this side.
         *up.headers_mut() = headers;
-        *up.extensions_mut() = parts.extensions;
 
         let resp = match tokio::time::timeout(self.response_timeout, self.client.request(up)).await
         {

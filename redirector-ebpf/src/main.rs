@@ -30,8 +30,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use redirector_common::{
-    capacity, Counter, GidMode, OrigDst, PeerKey, RedirectConfig, FLAG_ENABLED,
-    FLAG_LOG_REDIRECTS, FLAG_PROXY_GID, MAX_CGROUP_DEPTH, SOL_IP, SOL_IPV6, SO_ORIGINAL_DST,
+    capacity, Counter, GidMode, OrigDst, PeerKey, RedirectConfig, FLAG_ENABLED, FLAG_LOG_REDIRECTS,
+    FLAG_PROXY_GID, MAX_CGROUP_DEPTH, SOL_IP, SOL_IPV6, SO_ORIGINAL_DST,
 };
 
 /// Verdict that lets the syscall proceed (rewritten or not).
@@ -93,12 +93,25 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), Skip> {
 
     let mut addr = [0u8; 16];
     addr[..4].copy_from_slice(&dst);
-    record(ctx, OrigDst { addr, port, family: 4 });
+    record(
+        ctx,
+        OrigDst {
+            addr,
+            port,
+            family: 4,
+        },
+    );
     ctx::set_user_ip4(ctx, cfg.proxy_v4);
     ctx::set_user_port(ctx, cfg.proxy_port);
     count(Counter::Redirected);
     if cfg.flags & FLAG_LOG_REDIRECTS != 0 {
-        aya_log_ebpf::info!(ctx, "redirect {:i}:{} -> proxy port {}", dst, port, cfg.proxy_port);
+        aya_log_ebpf::info!(
+            ctx,
+            "redirect {:i}:{} -> proxy port {}",
+            dst,
+            port,
+            cfg.proxy_port
+        );
     }
     Ok(())
 }
@@ -137,12 +150,25 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<(), Skip> {
     }
     check_port_gid_cgroup(cfg, port)?;
 
-    record(ctx, OrigDst { addr: dst, port, family: 6 });
+    record(
+        ctx,
+        OrigDst {
+            addr: dst,
+            port,
+            family: 6,
+        },
+    );
     ctx::set_user_ip6(ctx, proxy);
     ctx::set_user_port(ctx, cfg.proxy_port);
     count(Counter::Redirected);
     if cfg.flags & FLAG_LOG_REDIRECTS != 0 {
-        aya_log_ebpf::info!(ctx, "redirect [{:i}]:{} -> proxy port {}", dst, port, cfg.proxy_port);
+        aya_log_ebpf::info!(
+            ctx,
+            "redirect [{:i}]:{} -> proxy port {}",
+            dst,
+            port,
+            cfg.proxy_port
+        );
     }
     Ok(())
 }

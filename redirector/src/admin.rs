@@ -146,7 +146,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let shared = shared.clone();
                 let registry = registry.clone();
-                async move { Ok::<_, std::convert::Infallible>(respond(req.uri().path(), &shared, &registry)) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(respond(req.uri().path(), &shared, &registry))
+                }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -170,7 +172,11 @@ fn respond(path: &str, shared: &Shared, registry: &Registry) -> Response<Full<By
     match path {
         "/healthz" | "/readyz" => match health(shared) {
             Ok(()) => text(StatusCode::OK, "text/plain", "ok\n".into()),
-            Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{why}\n")),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("{why}\n"),
+            ),
         },
         "/metrics" => {
             let mut body = String::new();

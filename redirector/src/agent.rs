@@ -183,7 +183,10 @@ pub async fn run(opts: Options) -> Result<()> {
             }
             Err(e) => {
                 shared.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(reason = why, "configuration refused, the previous one stays: {e}");
+                tracing::error!(
+                    reason = why,
+                    "configuration refused, the previous one stays: {e}"
+                );
             }
         }
     }

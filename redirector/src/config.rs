@@ -63,7 +63,11 @@ fn mask(addr: IpAddr, len: u8) -> IpAddr {
         }
         IpAddr::V6(a) => {
             let bits = u128::from(a);
-            let m = if len == 0 { 0 } else { u128::MAX << (128 - len) };
+            let m = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - len)
+            };
             IpAddr::V6(Ipv6Addr::from(bits & m))
         }
     }
@@ -206,10 +210,16 @@ pub fn resolve(file: &File, over: &Overrides, cgroup_root: &Path) -> Result<Redi
         }
     }
     if parsed.is_empty() {
-        return Err(bad(src, "no prefix given; nothing would be redirected".into()));
+        return Err(bad(
+            src,
+            "no prefix given; nothing would be redirected".into(),
+        ));
     }
     for family_v4 in [true, false] {
-        let n = parsed.iter().filter(|p| p.addr.is_ipv4() == family_v4).count();
+        let n = parsed
+            .iter()
+            .filter(|p| p.addr.is_ipv4() == family_v4)
+            .count();
         if n > capacity::PREFIXES as usize {
             return Err(bad(
                 src,
@@ -231,29 +241,34 @@ pub fn resolve(file: &File, over: &Overrides, cgroup_root: &Path) -> Result<Redi
         }
     }
     if port_list.is_empty() || port_list.len() > capacity::PORTS as usize {
-        return Err(bad(
-            src,
-            format!("give 1 to {} ports", capacity::PORTS),
-        ));
+        return Err(bad(src, format!("give 1 to {} ports", capacity::PORTS)));
     }
 
     let redirect = over
         .redirect_gids
         .as_ref()
         .map(|v| ("--redirect-gid", split_list(v)))
-        .or_else(|| file.redirect_gids.as_ref().map(|v| ("config key redirect-gids", strings(v))));
+        .or_else(|| {
+            file.redirect_gids
+                .as_ref()
+                .map(|v| ("config key redirect-gids", strings(v)))
+        });
     let exempt = over
         .exempt_gids
         .as_ref()
         .map(|v| ("--exempt-gid", split_list(v)))
-        .or_else(|| file.exempt_gids.as_ref().map(|v| ("config key exempt-gids", strings(v))));
+        .or_else(|| {
+            file.exempt_gids
+                .as_ref()
+                .map(|v| ("config key exempt-gids", strings(v)))
+        });
     let (mode, src, gid_strings) = match (redirect, exempt) {
-        (Some((a, _)), Some((b, _))) => {
-            return Err(bad(
-                a,
-                format!("cannot be combined with {b}: choose \"redirect these GIDs\" or \"all but these\""),
-            ))
-        }
+        (Some((a, _)), Some((b, _))) => return Err(bad(
+            a,
+            format!(
+                "cannot be combined with {b}: choose \"redirect these GIDs\" or \"all but these\""
+            ),
+        )),
         (Some((s, v)), None) => (GidMode::Only, s, v),
         (None, Some((s, v))) => (GidMode::AllExcept, s, v),
         (None, None) => (
@@ -278,7 +293,10 @@ pub fn resolve(file: &File, over: &Overrides, cgroup_root: &Path) -> Result<Redi
 
     let proxy_v4 = match over.proxy_v4.as_deref().or(file.proxy_v4.as_deref()) {
         Some(v) => v.trim().parse::<Ipv4Addr>().map_err(|_| {
-            bad("--proxy-v4", format!("'{v}' is not an IPv4 address (e.g. 127.0.0.1)"))
+            bad(
+                "--proxy-v4",
+                format!("'{v}' is not an IPv4 address (e.g. 127.0.0.1)"),
+            )
         })?,
         None => defaults::PROXY_V4.parse().expect("valid default"),
     };
@@ -287,7 +305,12 @@ pub fn resolve(file: &File, over: &Overrides, cgroup_root: &Path) -> Result<Redi
             .trim()
             .trim_matches(|c| c == '[' || c == ']')
             .parse::<Ipv6Addr>()
-            .map_err(|_| bad("--proxy-v6", format!("'{v}' is not an IPv6 address (e.g. ::1)")))?,
+            .map_err(|_| {
+                bad(
+                    "--proxy-v6",
+                    format!("'{v}' is not an IPv6 address (e.g. ::1)"),
+                )
+            })?,
         None => defaults::PROXY_V6.parse().expect("valid default"),
     };
     let proxy_port = match (&over.proxy_port, file.proxy_port) {
@@ -313,7 +336,11 @@ pub fn resolve(file: &File, over: &Overrides, cgroup_root: &Path) -> Result<Redi
         }
     }
 
-    let cgroup_list = over.cgroups.clone().or_else(|| file.cgroups.clone()).unwrap_or_default();
+    let cgroup_list = over
+        .cgroups
+        .clone()
+        .or_else(|| file.cgroups.clone())
+        .unwrap_or_default();
     let mut cgroups = Vec::new();
     for c in &cgroup_list {
         let path = cgroup_path(cgroup_root, c)?;
@@ -424,7 +451,13 @@ mod tests {
     fn defaults_are_the_seed_pattern() {
         let c = resolve(&File::default(), &Overrides::default(), &root()).unwrap();
         assert_eq!(c.ports, vec![80]);
-        assert_eq!(c.gids, GidPolicy { mode: GidMode::Only, gids: vec![1000] });
+        assert_eq!(
+            c.gids,
+            GidPolicy {
+                mode: GidMode::Only,
+                gids: vec![1000]
+            }
+        );
         assert_eq!(c.proxy_port, 15001);
         assert_eq!(c.prefixes.len(), 2);
         assert_eq!(c.proxy_gid, Some(1337));
@@ -448,14 +481,18 @@ mod tests {
             ports: Some(vec!["99999".into()]),
             ..Default::default()
         };
-        let e = resolve(&File::default(), &over, &root()).unwrap_err().to_string();
+        let e = resolve(&File::default(), &over, &root())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--port") && e.contains("'99999'"), "{e}");
 
         let over = Overrides {
             redirect_gids: Some(vec!["app".into()]),
             ..Default::default()
         };
-        let e = resolve(&File::default(), &over, &root()).unwrap_err().to_string();
+        let e = resolve(&File::default(), &over, &root())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("'app' is not a GID"), "{e}");
 
         let over = Overrides {
@@ -463,20 +500,26 @@ mod tests {
             exempt_gids: Some(vec!["0".into()]),
             ..Default::default()
         };
-        let e = resolve(&File::default(), &over, &root()).unwrap_err().to_string();
+        let e = resolve(&File::default(), &over, &root())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cannot be combined"), "{e}");
 
         let over = Overrides {
             redirect_gids: Some(vec!["1337".into()]),
             ..Default::default()
         };
-        let e = resolve(&File::default(), &over, &root()).unwrap_err().to_string();
+        let e = resolve(&File::default(), &over, &root())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("proxy's GID"), "{e}");
     }
 
     #[test]
     fn unknown_file_keys_are_refused() {
-        let e = toml::from_str::<File>("portz = [80]").unwrap_err().to_string();
+        let e = toml::from_str::<File>("portz = [80]")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("portz"), "{e}");
     }
 
@@ -487,9 +530,13 @@ mod tests {
         std::fs::write(dir.path().join("pod/cgroup.procs"), "").unwrap();
         let p = cgroup_path(dir.path(), Path::new("pod")).unwrap();
         assert!(p.ends_with("pod"));
-        let e = cgroup_path(dir.path(), Path::new("missing")).unwrap_err().to_string();
+        let e = cgroup_path(dir.path(), Path::new("missing"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing") && e.contains("does not exist"), "{e}");
-        let e = cgroup_path(&dir.path().join("pod"), Path::new("..")).unwrap_err().to_string();
+        let e = cgroup_path(&dir.path().join("pod"), Path::new(".."))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a cgroup"), "{e}");
     }
 

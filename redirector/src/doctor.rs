@@ -56,7 +56,9 @@ pub fn run(bpffs: &Path) -> Vec<Check> {
     let has = |c: u32| caps & (1u64 << c) != 0;
     checks.push(Check {
         name: "capabilities",
-        result: if has(cap::SYS_ADMIN) || (has(cap::BPF) && has(cap::NET_ADMIN) && has(cap::PERFMON)) {
+        result: if has(cap::SYS_ADMIN)
+            || (has(cap::BPF) && has(cap::NET_ADMIN) && has(cap::PERFMON))
+        {
             Ok(format!("CapEff {caps:#x}"))
         } else {
             Err(format!(

@@ -12,7 +12,9 @@ pub enum Error {
     #[error("{what}")]
     Host { what: String },
     /// Loading the embedded object or a program into the kernel failed.
-    #[error("loading {what} failed: {source}; run `lattice-redirector doctor` for the host checks")]
+    #[error(
+        "loading {what} failed: {source}; run `lattice-redirector doctor` for the host checks"
+    )]
     Load {
         what: String,
         #[source]

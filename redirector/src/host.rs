@@ -38,12 +38,15 @@ pub fn mounts_of(fstype: &str) -> Vec<PathBuf> {
 
 /// The cgroup v2 mount (never hard-coded: hybrid hosts mount it at /sys/fs/cgroup/unified).
 pub fn cgroup2_mount() -> Result<PathBuf> {
-    mounts_of("cgroup2").into_iter().next().ok_or_else(|| Error::Host {
-        what: "no cgroup2 filesystem is mounted: the programs attach to cgroup v2; mount it \
+    mounts_of("cgroup2")
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Host {
+            what: "no cgroup2 filesystem is mounted: the programs attach to cgroup v2; mount it \
                with `mount -t cgroup2 none /sys/fs/cgroup` (or boot with \
                systemd.unified_cgroup_hierarchy=1)"
-            .into(),
-    })
+                .into(),
+        })
 }
 
 /// Makes sure `dir` is a bpffs mount, mounting one there when it is not.

@@ -59,7 +59,9 @@ impl Layout {
     /// The default layout under a bpffs mount.
     pub fn under_bpffs(bpffs: &Path) -> Layout {
         Layout {
-            root: bpffs.join("lattice-egress").join(format!("v{LAYOUT_VERSION}")),
+            root: bpffs
+                .join("lattice-egress")
+                .join(format!("v{LAYOUT_VERSION}")),
         }
     }
 

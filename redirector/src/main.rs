@@ -17,7 +17,12 @@ use std::time::Duration;
 )]
 struct Cli {
     /// Where bpffs is (or gets) mounted.
-    #[arg(long, global = true, env = "LATTICE_REDIRECTOR_BPFFS", default_value = "/sys/fs/bpf")]
+    #[arg(
+        long,
+        global = true,
+        env = "LATTICE_REDIRECTOR_BPFFS",
+        default_value = "/sys/fs/bpf"
+    )]
     bpffs: PathBuf,
     /// Pin directory (default: <bpffs>/lattice-egress/v<layout version>); must be on bpffs.
     #[arg(long, global = true, env = "LATTICE_REDIRECTOR_PIN_DIR")]
@@ -38,7 +43,7 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Attach (or adopt) the programs and keep the maps in line with the configuration.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show what is attached, what is enrolled and the counters.
     Status,
     /// Check the kernel and the host, one line per check.
@@ -57,16 +62,28 @@ struct RunArgs {
     #[arg(long, env = "LATTICE_REDIRECTOR_CONFIG")]
     config: Option<PathBuf>,
     /// Destination prefixes to redirect [default: 169.254.171.0/24,fd00:ec2:80::/64].
-    #[arg(long = "prefix", env = "LATTICE_REDIRECTOR_PREFIXES", value_delimiter = ',')]
+    #[arg(
+        long = "prefix",
+        env = "LATTICE_REDIRECTOR_PREFIXES",
+        value_delimiter = ','
+    )]
     prefixes: Option<Vec<String>>,
     /// Destination ports to redirect [default: 80].
     #[arg(long = "port", env = "LATTICE_REDIRECTOR_PORTS", value_delimiter = ',')]
     ports: Option<Vec<String>>,
     /// Redirect only these GIDs [default: 1000].
-    #[arg(long = "redirect-gid", env = "LATTICE_REDIRECTOR_REDIRECT_GIDS", value_delimiter = ',')]
+    #[arg(
+        long = "redirect-gid",
+        env = "LATTICE_REDIRECTOR_REDIRECT_GIDS",
+        value_delimiter = ','
+    )]
     redirect_gids: Option<Vec<String>>,
     /// Redirect all GIDs except these (instead of --redirect-gid).
-    #[arg(long = "exempt-gid", env = "LATTICE_REDIRECTOR_EXEMPT_GIDS", value_delimiter = ',')]
+    #[arg(
+        long = "exempt-gid",
+        env = "LATTICE_REDIRECTOR_EXEMPT_GIDS",
+        value_delimiter = ','
+    )]
     exempt_gids: Option<Vec<String>>,
     /// IPv4 address of the proxy [default: 127.0.0.1].
     #[arg(long, env = "LATTICE_REDIRECTOR_PROXY_V4")]
@@ -84,7 +101,11 @@ struct RunArgs {
     #[arg(long, env = "LATTICE_REDIRECTOR_LOG_REDIRECTS")]
     log_redirects: bool,
     /// Cgroups to enroll (paths under the cgroup2 mount, or absolute).
-    #[arg(long = "cgroup", env = "LATTICE_REDIRECTOR_CGROUPS", value_delimiter = ',')]
+    #[arg(
+        long = "cgroup",
+        env = "LATTICE_REDIRECTOR_CGROUPS",
+        value_delimiter = ','
+    )]
     cgroups: Option<Vec<PathBuf>>,
     /// Cgroup to attach the programs to [default: the cgroup2 root].
     #[arg(long, env = "LATTICE_REDIRECTOR_ATTACH_CGROUP")]
@@ -188,7 +209,11 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     }
                 }
             }
-            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Enroll { cgroup } | Command::Unenroll { cgroup } => {
             if !layout.exists() {

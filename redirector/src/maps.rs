@@ -191,8 +191,11 @@ impl Maps {
     }
 }
 
-/// The LPM trie keys of the configured prefixes: (prefix length, address bytes), per family.
-pub fn prefix_keys(cfg: &Redirect) -> (Vec<(u32, [u8; 4])>, Vec<(u32, [u8; 16])>) {
+/// An LPM trie key as (prefix length, network-order address bytes).
+pub type TrieKey<const N: usize> = (u32, [u8; N]);
+
+/// The LPM trie keys of the configured prefixes, per family.
+pub fn prefix_keys(cfg: &Redirect) -> (Vec<TrieKey<4>>, Vec<TrieKey<16>>) {
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
     for p in &cfg.prefixes {

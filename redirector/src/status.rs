@@ -42,18 +42,33 @@ pub fn report(layout: &Layout, cgroup_root: &Path) -> Result<String> {
     let _ = writeln!(out, "pins: {}", layout.root.display());
     let gens = layout.generations();
     if gens.is_empty() {
-        let _ = writeln!(out, "attached: NOTHING (maps are pinned but no links: run the agent)");
+        let _ = writeln!(
+            out,
+            "attached: NOTHING (maps are pinned but no links: run the agent)"
+        );
     }
     for g in &gens {
         match generation_links(g) {
             Some(links) => {
-                let _ = writeln!(out, "attached: generation {}", g.file_name().unwrap_or_default().to_string_lossy());
+                let _ = writeln!(
+                    out,
+                    "attached: generation {}",
+                    g.file_name().unwrap_or_default().to_string_lossy()
+                );
                 for l in links {
-                    let _ = writeln!(out, "  {:<16} link {:>6}  program {:>6}", l.program, l.link_id, l.program_id);
+                    let _ = writeln!(
+                        out,
+                        "  {:<16} link {:>6}  program {:>6}",
+                        l.program, l.link_id, l.program_id
+                    );
                 }
             }
             None => {
-                let _ = writeln!(out, "attached: generation {} is INCOMPLETE (restart the agent)", g.display());
+                let _ = writeln!(
+                    out,
+                    "attached: generation {} is INCOMPLETE (restart the agent)",
+                    g.display()
+                );
             }
         }
     }
@@ -61,7 +76,11 @@ pub fn report(layout: &Layout, cgroup_root: &Path) -> Result<String> {
     if c.flags & FLAG_ENABLED == 0 {
         let _ = writeln!(out, "config: not written yet (nothing is redirected)");
     } else {
-        let mode = if c.gid_mode == GidMode::AllExcept as u32 { "all GIDs except" } else { "only GIDs" };
+        let mode = if c.gid_mode == GidMode::AllExcept as u32 {
+            "all GIDs except"
+        } else {
+            "only GIDs"
+        };
         let _ = writeln!(
             out,
             "config: proxy {}:{} / [{}]:{}, {mode} listed, proxy gid {}, log redirects {}",
@@ -69,7 +88,11 @@ pub fn report(layout: &Layout, cgroup_root: &Path) -> Result<String> {
             c.proxy_port,
             Ipv6Addr::from(c.proxy_v6),
             c.proxy_port,
-            if c.flags & FLAG_PROXY_GID != 0 { c.proxy_gid.to_string() } else { "none".into() },
+            if c.flags & FLAG_PROXY_GID != 0 {
+                c.proxy_gid.to_string()
+            } else {
+                "none".into()
+            },
             c.flags & FLAG_LOG_REDIRECTS != 0
         );
     }
@@ -77,7 +100,10 @@ pub fn report(layout: &Layout, cgroup_root: &Path) -> Result<String> {
     let paths = cgroup_paths(cgroup_root);
     let _ = writeln!(out, "enrolled cgroups: {}", enrolled.len());
     for (id, source) in &enrolled {
-        let path = paths.get(id).map(|p| p.display().to_string()).unwrap_or_else(|| "(gone)".into());
+        let path = paths
+            .get(id)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "(gone)".into());
         let _ = writeln!(out, "  {id:>10}  {:<10} {path}", Source::name(*source));
     }
     let (sockets, peers) = maps.tracked();

@@ -82,7 +82,12 @@ fn probe() {
 /// Starts the proxy stand-in: a listener on the proxy port in the proxy's cgroup, as the
 /// unprivileged proxy GID.
 fn proxy(sb: &Sandbox, addr: &str, n: u32) -> support::Probe {
-    let mut p = sb.probe(&sb.proxy, PROXY, PROXY, &["listen", addr, "15001", &n.to_string()]);
+    let mut p = sb.probe(
+        &sb.proxy,
+        PROXY,
+        PROXY,
+        &["listen", addr, "15001", &n.to_string()],
+    );
     assert_eq!(p.line(), "listening");
     p
 }
@@ -95,7 +100,11 @@ fn unreachable(result: &str) -> bool {
 
 fn counters(sb: &Sandbox) -> String {
     let out = sb.command(&["status"]);
-    assert!(out.status.success(), "status failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -122,7 +131,10 @@ fn redirects_an_enrolled_app_and_restores_both_views() {
     assert_eq!(proxy.line(), "accepted orig=169.254.171.5:80");
 
     // aya-log records reach tracing.
-    agent.wait_for("redirect 169.254.171.5:80 -> proxy port 15001", Duration::from_secs(5));
+    agent.wait_for(
+        "redirect 169.254.171.5:80 -> proxy port 15001",
+        Duration::from_secs(5),
+    );
     let status = counters(&sb);
     assert_eq!(counter(&status, "redirected"), 1, "{status}");
     assert_eq!(counter(&status, "orig_dst_answered"), 1, "{status}");
@@ -137,21 +149,43 @@ fn leaves_other_gids_cgroups_ports_and_addresses_alone() {
 
     let cases = [
         ("gid 0", sb.connect(&sb.app, 0, LATTICE_V4, 80), "skip_gid"),
-        ("the proxy's gid", sb.connect(&sb.app, PROXY, LATTICE_V4, 80), "skip_proxy_gid"),
-        ("a cgroup not enrolled", sb.connect(&sb.other, APP, LATTICE_V4, 80), "skip_not_enrolled"),
-        ("port 8080", sb.connect(&sb.app, APP, LATTICE_V4, 8080), "skip_port"),
-        ("169.254.172.5", sb.connect(&sb.app, APP, "169.254.172.5", 80), "skip_prefix"),
+        (
+            "the proxy's gid",
+            sb.connect(&sb.app, PROXY, LATTICE_V4, 80),
+            "skip_proxy_gid",
+        ),
+        (
+            "a cgroup not enrolled",
+            sb.connect(&sb.other, APP, LATTICE_V4, 80),
+            "skip_not_enrolled",
+        ),
+        (
+            "port 8080",
+            sb.connect(&sb.app, APP, LATTICE_V4, 8080),
+            "skip_port",
+        ),
+        (
+            "169.254.172.5",
+            sb.connect(&sb.app, APP, "169.254.172.5", 80),
+            "skip_prefix",
+        ),
     ];
     let status = counters(&sb);
     for (what, result, skip) in &cases {
-        assert!(unreachable(result), "{what}: expected no redirect, got {result}");
+        assert!(
+            unreachable(result),
+            "{what}: expected no redirect, got {result}"
+        );
         assert_eq!(counter(&status, skip), 1, "{what}: {skip}\n{status}");
     }
     assert_eq!(counter(&status, "redirected"), 0, "{status}");
 
     // The same app, GID and destination is redirected: the cases above differ only in the
     // one property each checks.
-    assert_eq!(sb.connect(&sb.app, APP, LATTICE_V4, 80), "connected peer=169.254.171.5:80 got=hello");
+    assert_eq!(
+        sb.connect(&sb.app, APP, LATTICE_V4, 80),
+        "connected peer=169.254.171.5:80 got=hello"
+    );
     assert_eq!(proxy.line(), "accepted orig=169.254.171.5:80");
 }
 
@@ -159,10 +193,17 @@ fn leaves_other_gids_cgroups_ports_and_addresses_alone() {
 fn exempt_mode_redirects_all_gids_but_the_listed_ones() {
     let sb = Sandbox::new("exempt");
     let agent = sb.agent(&["--exempt-gid", "0"]);
-    assert!(agent.log().contains("silently never redirected"), "gid-0 warning missing:\n{}", agent.log());
+    assert!(
+        agent.log().contains("silently never redirected"),
+        "gid-0 warning missing:\n{}",
+        agent.log()
+    );
     let mut proxy = proxy(&sb, "127.0.0.1", 1);
     assert!(unreachable(&sb.connect(&sb.app, 0, LATTICE_V4, 80)));
-    assert_eq!(sb.connect(&sb.app, 2000, LATTICE_V4, 80), "connected peer=169.254.171.5:80 got=hello");
+    assert_eq!(
+        sb.connect(&sb.app, 2000, LATTICE_V4, 80),
+        "connected peer=169.254.171.5:80 got=hello"
+    );
     assert_eq!(proxy.line(), "accepted orig=169.254.171.5:80");
 }
 
@@ -172,7 +213,10 @@ fn redirects_ipv6_and_v4_mapped_destinations() {
     let _agent = sb.agent(&[]);
 
     let mut proxy6 = proxy(&sb, "::1", 1);
-    assert_eq!(sb.connect(&sb.app, APP, LATTICE_V6, 80), "connected peer=[fd00:ec2:80::5]:80 got=hello");
+    assert_eq!(
+        sb.connect(&sb.app, APP, LATTICE_V6, 80),
+        "connected peer=[fd00:ec2:80::5]:80 got=hello"
+    );
     assert_eq!(proxy6.line(), "accepted orig=[fd00:ec2:80::5]:80");
     drop(proxy6);
 
@@ -195,15 +239,25 @@ fn pins_survive_kill_9_are_adopted_and_uninstall_removes_them() {
 
     // No agent: redirection goes on.
     let mut p = proxy(&sb, "127.0.0.1", 2);
-    assert_eq!(sb.connect(&sb.app, APP, LATTICE_V4, 80), "connected peer=169.254.171.5:80 got=hello");
+    assert_eq!(
+        sb.connect(&sb.app, APP, LATTICE_V4, 80),
+        "connected peer=169.254.171.5:80 got=hello"
+    );
     assert_eq!(p.line(), "accepted orig=169.254.171.5:80");
 
     // A new agent adopts the pins instead of attaching again.
     let mut agent = sb.agent(&[]);
     agent.wait_for("adopted pinned programs", Duration::from_secs(1));
     let status = counters(&sb);
-    assert_eq!(status.matches("attached: generation").count(), 1, "{status}");
-    assert_eq!(sb.connect(&sb.app, APP, LATTICE_V4, 80), "connected peer=169.254.171.5:80 got=hello");
+    assert_eq!(
+        status.matches("attached: generation").count(),
+        1,
+        "{status}"
+    );
+    assert_eq!(
+        sb.connect(&sb.app, APP, LATTICE_V4, 80),
+        "connected peer=169.254.171.5:80 got=hello"
+    );
     assert_eq!(p.line(), "accepted orig=169.254.171.5:80");
 
     // SIGTERM (a rollout) does not detach either.
@@ -211,9 +265,16 @@ fn pins_survive_kill_9_are_adopted_and_uninstall_removes_them() {
     assert!(counters(&sb).contains("le_connect4"));
 
     let out = sb.command(&["uninstall"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!sb.pins.exists(), "pins left after uninstall");
-    assert!(unreachable(&sb.connect(&sb.app, APP, LATTICE_V4, 80)), "still redirected after uninstall");
+    assert!(
+        unreachable(&sb.connect(&sb.app, APP, LATTICE_V4, 80)),
+        "still redirected after uninstall"
+    );
     let out = sb.command(&["status"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing is installed"));
@@ -233,7 +294,10 @@ fn configuration_changes_reach_new_connections_without_reattaching() {
     std::fs::write(&file, "ports = [80, 8080]\n").unwrap();
     agent.signal(libc::SIGHUP);
     agent.wait_for("configuration applied", Duration::from_secs(5));
-    assert_eq!(sb.connect(&sb.app, APP, LATTICE_V4, 8080), "connected peer=169.254.171.5:8080 got=hello");
+    assert_eq!(
+        sb.connect(&sb.app, APP, LATTICE_V4, 8080),
+        "connected peer=169.254.171.5:8080 got=hello"
+    );
     assert_eq!(p.line(), "accepted orig=169.254.171.5:8080");
 
     // A bad file is refused and the previous configuration stays.
@@ -242,10 +306,18 @@ fn configuration_changes_reach_new_connections_without_reattaching() {
     agent.wait_for("configuration refused", Duration::from_secs(5));
     let after = counters(&sb);
     // Same link ids: nothing was re-attached.
-    let links = |s: &str| s.lines().filter(|l| l.contains(" link ")).map(str::to_string).collect::<Vec<_>>();
+    let links = |s: &str| {
+        s.lines()
+            .filter(|l| l.contains(" link "))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
     assert_eq!(links(&before), links(&after));
     let (_, metrics) = agent.http_get("/metrics");
-    assert!(metrics.contains("lattice_redirector_config_reloads_total{result=\"error\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("lattice_redirector_config_reloads_total{result=\"error\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -256,8 +328,15 @@ fn enroll_and_unenroll_commands_act_on_the_live_installation() {
     assert!(unreachable(&sb.connect(&sb.other, APP, LATTICE_V4, 80)));
 
     let out = sb.command(&["enroll", sb.other.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(sb.connect(&sb.other, APP, LATTICE_V4, 80), "connected peer=169.254.171.5:80 got=hello");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        sb.connect(&sb.other, APP, LATTICE_V4, 80),
+        "connected peer=169.254.171.5:80 got=hello"
+    );
     assert_eq!(p.line(), "accepted orig=169.254.171.5:80");
     assert!(counters(&sb).contains("command"));
 
@@ -282,21 +361,38 @@ fn closed_connections_leave_no_entries_and_metrics_report() {
     let n = 20;
     let mut p = proxy(&sb, "127.0.0.1", n);
     for _ in 0..n {
-        assert_eq!(sb.connect(&sb.app, APP, LATTICE_V4, 80), "connected peer=169.254.171.5:80 got=hello");
+        assert_eq!(
+            sb.connect(&sb.app, APP, LATTICE_V4, 80),
+            "connected peer=169.254.171.5:80 got=hello"
+        );
         assert_eq!(p.line(), "accepted orig=169.254.171.5:80");
     }
     drop(p);
     // Both ends are closed now; the sock_ops program removed the entries at TCP_CLOSE.
     let status = counters(&sb);
-    assert!(status.contains("tracked connections: 0 sockets, 0 peers"), "{status}");
+    assert!(
+        status.contains("tracked connections: 0 sockets, 0 peers"),
+        "{status}"
+    );
 
     let (head, body) = agent.http_get("/healthz");
     assert!(head.contains("200"), "{head} {body}");
     let (head, metrics) = agent.http_get("/metrics");
     assert!(head.contains("200"));
-    assert!(metrics.contains(&format!("lattice_redirector_connects_total{{result=\"redirected\"}} {n}")), "{metrics}");
-    assert!(metrics.contains("lattice_redirector_enrolled_cgroups 1"), "{metrics}");
-    assert!(metrics.contains("lattice_redirector_tracked_connections{map=\"sockets\"} 0"), "{metrics}");
+    assert!(
+        metrics.contains(&format!(
+            "lattice_redirector_connects_total{{result=\"redirected\"}} {n}"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lattice_redirector_enrolled_cgroups 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lattice_redirector_tracked_connections{map=\"sockets\"} 0"),
+        "{metrics}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -304,7 +400,11 @@ fn closed_connections_leave_no_entries_and_metrics_report() {
 
 fn run_bad(sb: &Sandbox, extra: &[&str]) -> (i32, String) {
     let mut args = sb.pin_args();
-    args.extend(["run", "--attach-cgroup", sb.root.to_str().unwrap()].iter().map(|s| s.to_string()));
+    args.extend(
+        ["run", "--attach-cgroup", sb.root.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string()),
+    );
     if !extra.contains(&"--admin-addr") {
         args.extend(["--admin-addr".to_string(), "127.0.0.1:0".to_string()]);
     }
@@ -313,8 +413,14 @@ fn run_bad(sb: &Sandbox, extra: &[&str]) -> (i32, String) {
         .args(&args)
         .output()
         .unwrap();
-    assert!(!sb.pins.join("links").exists(), "links left behind after {extra:?}");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    assert!(
+        !sb.pins.join("links").exists(),
+        "links left behind after {extra:?}"
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -322,22 +428,48 @@ fn bad_input_is_named_and_leaves_nothing_attached() {
     let sb = Sandbox::new("bad");
     let cases: [(&[&str], i32, &str); 7] = [
         (&["--bogus"], 2, "unexpected argument '--bogus'"),
-        (&["--prefix", "169.254.171.0/33"], 64, "'169.254.171.0/33': prefix length must be 0..=32"),
-        (&["--prefix", "169.254.171.5/24"], 64, "did you mean 169.254.171.0/24"),
+        (
+            &["--prefix", "169.254.171.0/33"],
+            64,
+            "'169.254.171.0/33': prefix length must be 0..=32",
+        ),
+        (
+            &["--prefix", "169.254.171.5/24"],
+            64,
+            "did you mean 169.254.171.0/24",
+        ),
         (&["--port", "http"], 64, "'http' is not a TCP port"),
-        (&["--redirect-gid", "4294967295"], 64, "'4294967295' is not a GID"),
-        (&["--cgroup", "no/such/pod"], 64, "cgroup no/such/pod does not exist"),
-        (&["--admin-addr", "localhost"], 64, "'localhost' is not ADDRESS:PORT"),
+        (
+            &["--redirect-gid", "4294967295"],
+            64,
+            "'4294967295' is not a GID",
+        ),
+        (
+            &["--cgroup", "no/such/pod"],
+            64,
+            "cgroup no/such/pod does not exist",
+        ),
+        (
+            &["--admin-addr", "localhost"],
+            64,
+            "'localhost' is not ADDRESS:PORT",
+        ),
     ];
     for (args, code, message) in cases {
         let (got, stderr) = run_bad(&sb, args);
         assert_eq!(got, code, "{args:?}: exit {got}\n{stderr}");
-        assert!(stderr.contains(message), "{args:?}: expected {message:?} in:\n{stderr}");
+        assert!(
+            stderr.contains(message),
+            "{args:?}: expected {message:?} in:\n{stderr}"
+        );
     }
     let bad = std::env::temp_dir().join(format!("le-bad-{}.toml", std::process::id()));
     std::fs::write(&bad, "portz = [80]\n").unwrap();
     let (got, stderr) = run_bad(&sb, &["--config", bad.to_str().unwrap()]);
     std::fs::remove_file(&bad).unwrap();
     assert_eq!(got, 64, "{stderr}");
-    assert!(stderr.contains("unknown field `portz`") && stderr.contains(bad.to_str().unwrap()), "{stderr}");
+    assert!(
+        stderr.contains("unknown field `portz`") && stderr.contains(bad.to_str().unwrap()),
+        "{stderr}"
+    );
 }

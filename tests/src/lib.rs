@@ -22,6 +22,7 @@
 
 pub mod config;
 pub mod credentials;
+pub mod demo;
 pub mod netns;
 pub mod pod_identity;
 pub mod policy;

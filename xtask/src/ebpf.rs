@@ -26,7 +26,13 @@ pub fn run(_opts: &BuildEbpf) -> Result<PathBuf> {
     setup::run(
         Command::new("cargo")
             .current_dir(root.join("redirector-ebpf"))
-            .args(["+nightly", "build", "--release", "--target", "bpfel-unknown-none"])
+            .args([
+                "+nightly",
+                "build",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+            ])
             .args(["-Z", "build-std=core", "--locked"])
             .arg("--target-dir")
             .arg(root.join("target/ebpf"))

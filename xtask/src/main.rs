@@ -12,7 +12,10 @@ mod test;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", about = "lattice-egress build, test and benchmark tasks")]
+#[command(
+    name = "cargo xtask",
+    about = "lattice-egress build, test and benchmark tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
@@ -26,6 +29,9 @@ enum Task {
     Demo(demo::Demo),
     /// Run the whole test suite (needs root for the kernel tests).
     Test(test::Test),
+    /// The measuring loop of `bench redirect` (run inside the case's namespace).
+    #[command(hide = true)]
+    BenchLoop(bench_redirect::Loop),
     /// Benchmarks that compare side by side in one run.
     Bench {
         #[command(subcommand)]
@@ -47,6 +53,7 @@ fn main() {
         Task::BuildEbpf(opts) => ebpf::run(&opts).map(|_| ()),
         Task::Demo(opts) => demo::run(&opts),
         Task::Test(opts) => test::run(&opts),
+        Task::BenchLoop(opts) => bench_redirect::run_loop(&opts),
         Task::Bench { which } => match which {
             Bench::Redirect(opts) => bench_redirect::run(&opts),
             Bench::Proxy(opts) => bench_proxy::run(&opts),

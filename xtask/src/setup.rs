@@ -70,19 +70,26 @@ pub struct EbpfToolchain {
 
 /// Makes sure nightly has rust-src and that a bpf-linker matching nightly's LLVM exists.
 pub fn ebpf_toolchain() -> Result<EbpfToolchain> {
-    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
-        .context(
-            "the nightly toolchain is missing: it builds the eBPF programs; \
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"])).context(
+        "the nightly toolchain is missing: it builds the eBPF programs; \
              install it with `rustup toolchain install nightly`",
-        )?;
+    )?;
     let sysroot = PathBuf::from(sysroot.trim());
     let nightly = output(Command::new("rustc").args(["+nightly", "--version"]))?;
     let nightly = nightly.trim().to_string();
 
     if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
         step("adding rust-src to the nightly toolchain (needed for -Z build-std=core)");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
-            .context("could not add rust-src; run `rustup component add rust-src --toolchain nightly`")?;
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))
+        .context(
+            "could not add rust-src; run `rustup component add rust-src --toolchain nightly`",
+        )?;
     }
 
     let (llvm_major, libllvm) = nightly_llvm(&sysroot.join("lib"))?;
@@ -116,8 +123,20 @@ pub fn ebpf_toolchain() -> Result<EbpfToolchain> {
     let _ = std::fs::remove_file(&named);
     std::os::unix::fs::symlink(&libllvm, &named)?;
     run(Command::new("cargo")
-        .args(["+nightly", "install", "--locked", "--force", "bpf-linker", "--version", BPF_LINKER_VERSION])
-        .args(["--no-default-features", "--features", &format!("llvm-{llvm_major}")])
+        .args([
+            "+nightly",
+            "install",
+            "--locked",
+            "--force",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{llvm_major}"),
+        ])
         .arg("--root")
         .arg(&root)
         .env("LLVM_PREFIX", &prefix))
@@ -183,7 +202,10 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    step(&format!("installing Debian packages: {}", missing.join(" ")));
+    step(&format!(
+        "installing Debian packages: {}",
+        missing.join(" ")
+    ));
     run(Command::new("apt-get").args(["update", "-q"]))
         .context("apt-get update failed; are you root with the Debian mirror reachable?")?;
     run(Command::new("apt-get")

@@ -48,8 +48,12 @@ pub fn run(opts: &Test) -> Result<()> {
     let root = setup::workspace_root();
     if !opts.no_lint {
         step("cargo fmt --check");
-        setup::run(Command::new("cargo").current_dir(&root).args(["fmt", "--all", "--check"]))
-            .context("formatting differs: run `cargo fmt --all`")?;
+        setup::run(
+            Command::new("cargo")
+                .current_dir(&root)
+                .args(["fmt", "--all", "--check"]),
+        )
+        .context("formatting differs: run `cargo fmt --all`")?;
         step("cargo clippy --workspace --all-targets -- -D warnings");
         setup::run(Command::new("cargo").current_dir(&root).args([
             "clippy",
@@ -62,7 +66,11 @@ pub fn run(opts: &Test) -> Result<()> {
         .context("clippy found problems (see above)")?;
     }
     step("building the binaries the end-to-end tests run");
-    setup::run(Command::new("cargo").current_dir(&root).args(["build", "--workspace", "--bins"]))?;
+    setup::run(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args(["build", "--workspace", "--bins"]),
+    )?;
     step("cargo test --workspace (kernel tests need root: running as root)");
     setup::run(
         Command::new("cargo")

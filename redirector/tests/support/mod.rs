@@ -45,15 +45,25 @@ fn cgroup2() -> PathBuf {
 
 fn ensure_bpffs() {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    if !mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf") && l.split_whitespace().nth(2) == Some("bpf")) {
-        let st = Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]).status().unwrap();
+    if !mounts.lines().any(|l| {
+        l.split_whitespace().nth(1) == Some("/sys/fs/bpf")
+            && l.split_whitespace().nth(2) == Some("bpf")
+    }) {
+        let st = Command::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .status()
+            .unwrap();
         assert!(st.success(), "mounting bpffs at /sys/fs/bpf failed");
     }
 }
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -81,7 +91,11 @@ impl Sandbox {
     pub fn new(tag: &str) -> Sandbox {
         require_root();
         ensure_bpffs();
-        let name = format!("le-{tag}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "le-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
         let cgroup2 = cgroup2();
         let root = cgroup2.join(&name);
         let probe_dir = std::env::temp_dir().join(&name);
@@ -89,7 +103,8 @@ impl Sandbox {
         let probe_exe = probe_dir.join("probe");
         std::fs::copy(std::env::current_exe().unwrap(), &probe_exe).unwrap();
         for p in [&probe_dir, &probe_exe] {
-            std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
         }
         let sb = Sandbox {
             probe_exe,
@@ -160,10 +175,15 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         // Removing the link pins detaches the programs; the maps go with their pins.
         if self.pins.exists() {
-            let _ = Command::new(AGENT).args(self.pin_args()).arg("uninstall").output();
+            let _ = Command::new(AGENT)
+                .args(self.pin_args())
+                .arg("uninstall")
+                .output();
             let _ = std::fs::remove_dir_all(&self.pins);
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
         for dir in [&self.app, &self.other, &self.proxy] {
             if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
                 for pid in procs.lines().filter_map(|p| p.parse::<i32>().ok()) {
@@ -208,7 +228,11 @@ impl Agent {
                 sink.lock().unwrap().push(line);
             }
         });
-        let mut agent = Agent { child: Some(child), lines, admin: String::new() };
+        let mut agent = Agent {
+            child: Some(child),
+            lines,
+            admin: String::new(),
+        };
         let line = agent.wait_for("admin endpoint", Duration::from_secs(20));
         agent.admin = line
             .split("addr=")
@@ -224,14 +248,27 @@ impl Agent {
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(l) = self.lines.lock().unwrap().iter().find(|l| l.contains(needle)) {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
                 return l.clone();
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 std::thread::sleep(Duration::from_millis(100));
-                panic!("agent exited with {status} before logging {needle:?}:\n{}", self.log());
+                panic!(
+                    "agent exited with {status} before logging {needle:?}:\n{}",
+                    self.log()
+                );
             }
-            assert!(Instant::now() < deadline, "no {needle:?} in the agent's log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the agent's log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -267,11 +304,18 @@ impl Agent {
     /// GETs `path` from the admin endpoint; returns (status line, body).
     pub fn http_get(&self, path: &str) -> (String, String) {
         let mut s = TcpStream::connect(&self.admin).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n").unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut text = String::new();
         s.read_to_string(&mut text).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        (head.lines().next().unwrap_or_default().to_string(), body.to_string())
+        (
+            head.lines().next().unwrap_or_default().to_string(),
+            body.to_string(),
+        )
     }
 }
 
@@ -293,10 +337,16 @@ impl Probe {
         let netns_file = std::fs::File::open(&netns_path).unwrap();
         let procs = cgroup.join("cgroup.procs");
         let mut cmd = Command::new(exe);
-        cmd.args(["--exact", "probe", "--ignored", "--nocapture", "--test-threads=1"])
-            .env(PROBE_ENV, args.join(" "))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.args([
+            "--exact",
+            "probe",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(PROBE_ENV, args.join(" "))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
         let netns_fd = std::os::fd::AsRawFd::as_raw_fd(&netns_file);
         // SAFETY: between fork and exec we only make async-signal-safe syscalls on memory
         // prepared before the fork.

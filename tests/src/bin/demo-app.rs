@@ -15,7 +15,9 @@ use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 #[derive(Debug, Parser)]
-#[command(about = "The demo's application: answers `Requsting to Pod(<pod>): Hello from <version>`")]
+#[command(
+    about = "The demo's application: answers `Requsting to Pod(<pod>): Hello from <version>`"
+)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:8090")]

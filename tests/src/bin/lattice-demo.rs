@@ -1,0 +1,119 @@
+//! `lattice-demo`: runs the two-cluster VPC Lattice scenario ([`lattice_tests::demo`]) with
+//! the binaries next to it (`cargo xtask demo` builds them and runs this), prints the four
+//! calls and their answers, and tears everything down (also on Ctrl-C or failure) unless
+//! `--keep`. `--down` removes what a `--keep` run (or a crashed one) left.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::Parser;
+use lattice_tests::demo::{self, Binaries, Names, Scenario, Settings};
+
+#[derive(Debug, Parser)]
+#[command(
+    about = "The two-cluster VPC Lattice demo: real lattice-redirector and lattice-proxy, \
+                   emulated Lattice, network namespaces and cgroups"
+)]
+struct Args {
+    /// Leave everything running and print how to try more by hand.
+    #[arg(long, conflicts_with = "down")]
+    keep: bool,
+    /// Only tear down what an earlier run left (after --keep or a crash).
+    #[arg(long)]
+    down: bool,
+    /// Prefix of the namespaces, cgroups and bpffs pins.
+    #[arg(long, default_value = "le-demo")]
+    prefix: String,
+    /// Directory holding lattice-redirector, lattice-proxy, lattice-emulator and demo-app
+    /// [default: this program's directory].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Directory for the generated configuration, CA, tokens and logs (emptied first)
+    /// [default: <bin-dir>/../demo].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Shown in the --keep instructions as the way to tear down.
+    #[arg(long, default_value = "lattice-demo --down", hide = true)]
+    down_command: String,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("lattice-demo: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Ok(true) when all four checks matched.
+fn run(args: &Args) -> anyhow::Result<bool> {
+    demo::install_signal_handlers()?;
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()
+            .context("cannot find this program's path")?
+            .parent()
+            .context("this program has no directory")?
+            .to_path_buf(),
+    };
+    if args.down {
+        let names = Names::new(&args.prefix)?;
+        eprintln!("==> tearing down '{}'", args.prefix);
+        demo::teardown(&names, Some(&bin_dir.join("lattice-redirector")))?;
+        eprintln!(
+            "==> done: no namespace, cgroup or pin of '{}' is left",
+            args.prefix
+        );
+        return Ok(true);
+    }
+    let state_dir = match &args.state_dir {
+        Some(d) => d.clone(),
+        None => bin_dir
+            .parent()
+            .context("the binary directory has no parent")?
+            .join("demo"),
+    };
+    let settings = Settings {
+        prefix: args.prefix.clone(),
+        state_dir,
+        bins: Binaries::in_dir(&bin_dir)?,
+    };
+    let mut scenario = Scenario::up(settings)?;
+    eprintln!("==> everything is up; the four calls of the seed, from the app side:");
+    println!(
+        "Each curl runs as the app would (gid {}, its cgroup, its network namespace): it \
+         connects to the service's Lattice address 169.254.171.x:80, lattice-redirector's \
+         connect4 program sends the connection to lattice-proxy on {}, which signs the \
+         request with the cluster's EKS Pod Identity credentials and calls the service over \
+         TLS on :443; Lattice (the emulator) checks the signature and the IAM auth policy.",
+        demo::APP_GID,
+        demo::PROXY_LISTEN
+    );
+    let checks = scenario.run_checks()?;
+    let ok = checks.iter().all(|c| c.ok);
+    println!();
+    if ok {
+        println!("All four calls gave what the IAM auth policies say: demo-cluster1 admits only eks-cluster2/apps, demo-cluster2 only eks-cluster1/apps.");
+    } else {
+        let bad: Vec<String> = checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| format!("{} -> {}", c.from.name(), c.to.host()))
+            .collect();
+        println!(
+            "MISMATCH in {}; the logs are in {}",
+            bad.join(", "),
+            scenario.state_dir().join("logs").display()
+        );
+    }
+    if args.keep {
+        println!();
+        print!("{}", scenario.manual(&args.down_command));
+        scenario.keep();
+    }
+    Ok(ok)
+}

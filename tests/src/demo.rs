@@ -1,0 +1,1214 @@
+//! The two-cluster VPC Lattice scenario of `cargo xtask demo` and of the end-to-end test,
+//! on one Linux machine with the real lattice-redirector and lattice-proxy.
+//!
+//! ```text
+//!  netns <p>-cluster1                        netns <p>-lattice               netns <p>-cluster2
+//!  ┌────────────────────────────┐           ┌─────────────────────┐         ┌──────────────────┐
+//!  │ eth0 10.0.0.10/16          │  veth     │ lo 169.254.171.10   │  veth   │ eth0 10.0.0.10/16│
+//!  │      100.64.1.2/30         │──────────►│    169.254.171.20   │◄────────│      100.64.2.2  │
+//!  │ lo 169.254.170.23 (agent)  │           │ emulator :443 :80   │         │ ...same as left  │
+//!  │ route 169.254.171.0/24     │           │ (listens via setns) │         │                  │
+//!  │   via 100.64.1.1           │           └─────────────────────┘         └──────────────────┘
+//!  │ app  (gid 1000) :8090      │
+//!  │ curl (gid 1000) ─connect4─► lattice-proxy (gid 1337) 127.0.0.1:15001 ─SigV4+TLS─► :443
+//!  └────────────────────────────┘
+//! ```
+//!
+//! Both clusters use the same pod address (overlapping CIDRs); the emulator reaches each
+//! cluster's app from that cluster's namespace. Each cluster has an EKS Pod Identity agent on
+//! 169.254.170.23:80 (the real agent's address) served by the emulator process inside the
+//! cluster namespace. Processes sit in a cgroup subtree `<cgroup2>/<p>/...`: the redirector
+//! attaches there and enrolls `<p>/clusterN/app`; every process of the scenario is in the
+//! subtree, so teardown finds them all there (and only them).
+//!
+//! Names derive from a prefix (`le-demo` for the demo, unique per test run for the test), so
+//! that [`teardown`] can remove the leftovers of a crashed run. Nothing is added to the root
+//! network namespace: no address, route, interface or sysctl.
+
+use std::{
+    ffi::CString,
+    fmt::Write as _,
+    os::unix::{ffi::OsStrExt, fs::PermissionsExt, process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// GID (and UID) the applications run as: the group lattice-redirector redirects by default.
+pub const APP_GID: u32 = 1000;
+/// GID (and UID) of lattice-proxy: the redirector's default exempt proxy group.
+pub const PROXY_GID: u32 = 1337;
+/// Address of the EKS Pod Identity agent on every EKS node (and in each cluster namespace).
+pub const POD_IDENTITY_ADDR: &str = "169.254.170.23";
+/// The pod address, the same in both clusters.
+pub const POD_IP: &str = "10.0.0.10";
+/// The app's port.
+pub const APP_PORT: u16 = 8090;
+/// Where lattice-proxy listens inside each cluster namespace (the redirector's default).
+pub const PROXY_LISTEN: &str = "127.0.0.1:15001";
+/// lattice-proxy's admin address inside each cluster namespace.
+pub const PROXY_ADMIN: &str = "127.0.0.1:15000";
+/// Region the proxies sign for and the emulator expects.
+pub const REGION: &str = "us-west-2";
+/// Owner account of the Lattice services and of the roles.
+pub const ACCOUNT_ID: &str = "111122223333";
+/// How long each component may take to become ready (generous: the machine may be busy).
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Makes SIGINT and SIGTERM interrupt the scenario's waits (which then fail, so that the
+/// caller's [`Scenario`] guard tears everything down) instead of killing the process.
+pub fn install_signal_handlers() -> Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(signal, &action) }
+            .with_context(|| format!("cannot install the {signal} handler"))?;
+    }
+    Ok(())
+}
+
+/// True once SIGINT or SIGTERM arrived (after [`install_signal_handlers`]).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+fn check_interrupted() -> Result<()> {
+    if interrupted() {
+        bail!("interrupted by a signal");
+    }
+    Ok(())
+}
+
+/// Prints a progress line, as xtask does.
+fn step(what: &str) {
+    eprintln!("==> {what}");
+}
+
+/// The programs the scenario runs.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    /// `lattice-redirector`.
+    pub redirector: PathBuf,
+    /// `lattice-proxy`.
+    pub proxy: PathBuf,
+    /// `lattice-emulator`.
+    pub emulator: PathBuf,
+    /// `demo-app`.
+    pub app: PathBuf,
+}
+
+impl Binaries {
+    /// The binaries in one cargo output directory (e.g. `target/debug`); fails naming the
+    /// missing ones and the command that builds them.
+    pub fn in_dir(dir: &Path) -> Result<Self> {
+        let bins = Binaries {
+            redirector: dir.join("lattice-redirector"),
+            proxy: dir.join("lattice-proxy"),
+            emulator: dir.join("lattice-emulator"),
+            app: dir.join("demo-app"),
+        };
+        let missing: Vec<String> = [&bins.redirector, &bins.proxy, &bins.emulator, &bins.app]
+            .iter()
+            .filter(|p| !p.is_file())
+            .map(|p| p.display().to_string())
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "missing {}: build them with `cargo build -p lattice-redirector -p lattice-proxy \
+                 -p lattice-tests --bins` (the redirector needs `cargo xtask build-ebpf` first), \
+                 or run `cargo xtask demo`, which does all of it",
+                missing.join(", ")
+            );
+        }
+        Ok(bins)
+    }
+}
+
+/// What to set up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Prefix of every name (namespaces, cgroups, pin directory), e.g. `le-demo`.
+    pub prefix: String,
+    /// Directory for the generated configuration, the CA, tokens and logs; emptied first.
+    /// Must be readable by uid 1000 and 1337 (the proxy reads the CA and its token there).
+    pub state_dir: PathBuf,
+    /// The programs.
+    pub bins: Binaries,
+}
+
+/// One of the two clusters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cluster {
+    /// 1 or 2.
+    pub n: u8,
+}
+
+/// The two clusters.
+pub const CLUSTERS: [Cluster; 2] = [Cluster { n: 1 }, Cluster { n: 2 }];
+
+impl Cluster {
+    /// `cluster1`, `cluster2`.
+    pub fn name(self) -> String {
+        format!("cluster{}", self.n)
+    }
+    /// The Lattice service (and app version prefix) of this cluster: `demo-clusterN`.
+    pub fn service(self) -> String {
+        format!("demo-cluster{}", self.n)
+    }
+    /// The service's custom domain name.
+    pub fn host(self) -> String {
+        format!("demo-cluster{}.example.com", self.n)
+    }
+    /// The service's address in 169.254.171.0/24.
+    pub fn service_ip(self) -> String {
+        format!("169.254.171.{}", self.n * 10)
+    }
+    /// The app's version string.
+    pub fn version(self) -> String {
+        format!("demo-cluster{}-v1", self.n)
+    }
+    /// The app's pod name (as a Deployment would name it).
+    pub fn pod_name(self) -> String {
+        match self.n {
+            1 => "demo-cluster1-v1-7d9c6b5f4-x2k8p".into(),
+            _ => "demo-cluster2-v1-5b8f7c9d6-q4m7n".into(),
+        }
+    }
+    /// The EKS cluster name carried by the Pod Identity session tags.
+    pub fn eks_cluster(self) -> String {
+        format!("eks-cluster{}", self.n)
+    }
+    /// The cluster's VPC id.
+    pub fn vpc_id(self) -> String {
+        format!("vpc-0c1a55e{0}c1a55e{0}c{0}", self.n)
+    }
+    /// The cluster's end of its link to Lattice (`100.64.N.2`, in `100.64.N.0/30`).
+    pub fn link_ip(self) -> String {
+        format!("100.64.{}.2", self.n)
+    }
+    /// Lattice's end of the link.
+    pub fn lattice_link_ip(self) -> String {
+        format!("100.64.{}.1", self.n)
+    }
+    /// The IAM role of the cluster's pods (Pod Identity association).
+    pub fn role_name(self) -> String {
+        format!("eks-{}-pod-identity-role", self.name())
+    }
+    /// The access key the cluster's Pod Identity agent hands out.
+    pub fn access_key_id(self) -> String {
+        format!("ASIAEMULATORCLUSTER{}", self.n)
+    }
+    /// The other cluster.
+    pub fn other(self) -> Cluster {
+        Cluster { n: 3 - self.n }
+    }
+}
+
+/// Names and paths derived from a prefix.
+#[derive(Debug, Clone)]
+pub struct Names {
+    prefix: String,
+    cgroup2: PathBuf,
+}
+
+impl Names {
+    /// Names for `prefix`, with the cgroup2 mount found in `/proc/self/mounts`.
+    pub fn new(prefix: &str) -> Result<Self> {
+        if prefix.is_empty()
+            || prefix.len() > 24
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            bail!("prefix '{prefix}' must be 1 to 24 letters, digits or '-' (e.g. le-demo)");
+        }
+        Ok(Names {
+            prefix: prefix.to_owned(),
+            cgroup2: cgroup2_mount()?,
+        })
+    }
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+    /// A cluster's network namespace name.
+    pub fn netns(&self, c: Cluster) -> String {
+        format!("{}-{}", self.prefix, c.name())
+    }
+    /// The Lattice network namespace name.
+    pub fn lattice_netns(&self) -> String {
+        format!("{}-lattice", self.prefix)
+    }
+    /// All namespace names.
+    pub fn all_netns(&self) -> Vec<String> {
+        let mut all: Vec<String> = CLUSTERS.iter().map(|c| self.netns(*c)).collect();
+        all.push(self.lattice_netns());
+        all
+    }
+    /// The cgroup2 mount.
+    pub fn cgroup2(&self) -> &Path {
+        &self.cgroup2
+    }
+    /// The scenario's cgroup subtree, where the redirector attaches.
+    pub fn cgroup_root(&self) -> PathBuf {
+        self.cgroup2.join(&self.prefix)
+    }
+    /// A cluster's cgroup for `role` (`app` or `proxy`).
+    pub fn cgroup(&self, c: Cluster, role: &str) -> PathBuf {
+        self.cgroup_root().join(c.name()).join(role)
+    }
+    /// The cgroup of the node-level processes (redirector, emulator).
+    pub fn node_cgroup(&self) -> PathBuf {
+        self.cgroup_root().join("node")
+    }
+    /// The redirector's pin directory.
+    pub fn pin_dir(&self) -> PathBuf {
+        PathBuf::from("/sys/fs/bpf").join(&self.prefix)
+    }
+}
+
+/// Finds the cgroup2 mount in `/proc/self/mounts`.
+pub fn cgroup2_mount() -> Result<PathBuf> {
+    let mounts =
+        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, point, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(point.replace("\\040", " ")))
+        })
+        .next()
+        .context(
+            "no cgroup2 filesystem is mounted (see /proc/self/mounts); mount one with \
+             `mount -t cgroup2 none /sys/fs/cgroup/unified`",
+        )
+}
+
+fn is_bpffs(dir: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 2 && f[1] == dir && f[2] == "bpf"
+        })
+}
+
+/// The outcome expected from one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// The target app answers.
+    Allowed,
+    /// Lattice refuses with `AccessDeniedException`.
+    Denied,
+}
+
+/// One of the four calls and its result.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// The calling cluster.
+    pub from: Cluster,
+    /// The service called.
+    pub to: Cluster,
+    /// What the seed's policies should produce.
+    pub expect: Expect,
+    /// The command as it was run (a shell line that works by hand too).
+    pub command: String,
+    /// The response body (curl's stdout), or curl's error.
+    pub output: String,
+    /// Whether `output` matches `expect`.
+    pub ok: bool,
+}
+
+impl Check {
+    /// What was expected, in words.
+    pub fn expected_text(&self) -> String {
+        match self.expect {
+            Expect::Allowed => format!("Hello from {}", self.to.version()),
+            Expect::Denied => format!(
+                "AccessDeniedException: User: …assumed-role/{}/… is not authorized …",
+                self.from.role_name()
+            ),
+        }
+    }
+}
+
+/// A running scenario. Dropping it tears everything down unless [`Scenario::keep`] was called.
+#[derive(Debug)]
+pub struct Scenario {
+    names: Names,
+    settings: Settings,
+    children: Vec<(String, Child, PathBuf)>,
+    keep: bool,
+}
+
+impl Scenario {
+    /// Removes leftovers of an earlier run with the same prefix, then sets everything up and
+    /// waits until every component is ready. On error, what was set up is removed again.
+    pub fn up(settings: Settings) -> Result<Scenario> {
+        preflight(&settings)?;
+        let names = Names::new(&settings.prefix)?;
+        teardown(&names, Some(&settings.bins.redirector))
+            .context("removing the leftovers of an earlier run")?;
+        let mut scenario = Scenario {
+            names,
+            settings,
+            children: Vec::new(),
+            keep: false,
+        };
+        scenario.build()?;
+        Ok(scenario)
+    }
+
+    /// The names in use.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// The directory with the generated configuration and the logs.
+    pub fn state_dir(&self) -> &Path {
+        &self.settings.state_dir
+    }
+
+    /// Leaves everything running when the scenario is dropped (`--keep`).
+    pub fn keep(mut self) {
+        self.keep = true;
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let state = self.settings.state_dir.clone();
+        step(&format!("preparing {}", state.display()));
+        prepare_state_dir(&state)?;
+        self.network()?;
+        self.cgroups()?;
+        let ca = state.join("lattice-ca.pem");
+        let config = state.join("lattice-emulator.json");
+        write_file(
+            &config,
+            &emulator_config(&self.names, &ca).to_string(),
+            0o644,
+        )?;
+        for c in CLUSTERS {
+            let dir = state.join(c.name());
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            set_mode(&dir, 0o755)?;
+            write_file(&dir.join("eks-pod-identity-token"), &agent_token(c), 0o644)?;
+        }
+
+        step("starting the Lattice emulator (services, SigV4, IAM auth policies, Pod Identity agents)");
+        let mut cmd = Command::new(&self.settings.bins.emulator);
+        cmd.arg("--config").arg(&config).env("RUST_LOG", "info");
+        let out = self.spawn("lattice-emulator", cmd, &self.names.node_cgroup(), true)?;
+        self.wait_for("lattice-emulator", &out, "ready")?;
+        wait_file(&ca)?;
+
+        step("starting lattice-redirector (eBPF connect4/getpeername4 on the demo's cgroups)");
+        if !is_bpffs("/sys/fs/bpf") {
+            step("mounting bpffs at /sys/fs/bpf");
+            run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
+        }
+        let mut cmd = Command::new(&self.settings.bins.redirector);
+        cmd.arg("--pin-dir")
+            .arg(self.names.pin_dir())
+            .arg("run")
+            .arg("--attach-cgroup")
+            .arg(self.names.cgroup_root());
+        for c in CLUSTERS {
+            cmd.arg("--cgroup").arg(self.names.cgroup(c, "app"));
+        }
+        cmd.args(["--admin-addr", "127.0.0.1:0"])
+            .env("RUST_LOG", "info");
+        let log = self.spawn("lattice-redirector", cmd, &self.names.node_cgroup(), false)?;
+        self.wait_for("lattice-redirector", &log, "redirecting")?;
+
+        for c in CLUSTERS {
+            step(&format!(
+                "starting {} in {} on {POD_IP}:{APP_PORT} (uid/gid {APP_GID})",
+                c.version(),
+                self.names.netns(c)
+            ));
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &self.names.netns(c)]);
+            as_user(&mut cmd, APP_GID);
+            cmd.arg(&self.settings.bins.app)
+                .args(["--listen", &format!("{POD_IP}:{APP_PORT}")])
+                .args(["--version", &c.version(), "--pod-name", &c.pod_name()]);
+            let cg = self.names.cgroup(c, "app");
+            let out = self.spawn(&format!("{}-app", c.name()), cmd, &cg, true)?;
+            self.wait_for(&format!("{} app", c.name()), &out, "listening")?;
+        }
+
+        for c in CLUSTERS {
+            step(&format!(
+                "starting lattice-proxy in {} on {PROXY_LISTEN} (uid/gid {PROXY_GID}, EKS Pod \
+                 Identity credentials)",
+                self.names.netns(c)
+            ));
+            let dir = state.join(c.name());
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &self.names.netns(c)]);
+            as_user(&mut cmd, PROXY_GID);
+            cmd.arg(&self.settings.bins.proxy)
+                .args(["--listen", PROXY_LISTEN, "--admin", PROXY_ADMIN])
+                .args(["--region", REGION, "--allowed-domain", "example.com"])
+                .arg("--ca-file")
+                .arg(&ca)
+                .args(["--workers", "1", "--drain-timeout", "2s"])
+                .env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .env("HOME", &dir)
+                .env("RUST_LOG", "info")
+                .env("NO_COLOR", "1")
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .env(
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                    format!("http://{POD_IDENTITY_ADDR}/v1/credentials"),
+                )
+                .env(
+                    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                    dir.join("eks-pod-identity-token"),
+                );
+            let cg = self.names.cgroup(c, "proxy");
+            self.spawn(&format!("{}-proxy", c.name()), cmd, &cg, false)?;
+        }
+        for c in CLUSTERS {
+            self.wait_ready(c)?;
+        }
+        Ok(())
+    }
+
+    fn network(&self) -> Result<()> {
+        step(&format!(
+            "creating network namespaces {} (pods 10.0.0.10/16 in both clusters)",
+            self.names.all_netns().join(", ")
+        ));
+        let lattice = self.names.lattice_netns();
+        for ns in self.names.all_netns() {
+            ip(&["netns", "add", &ns])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        for c in CLUSTERS {
+            ip(&[
+                "-n",
+                &lattice,
+                "addr",
+                "add",
+                &format!("{}/32", c.service_ip()),
+                "dev",
+                "lo",
+            ])?;
+        }
+        for c in CLUSTERS {
+            let ns = self.names.netns(c);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{POD_IDENTITY_ADDR}/32"),
+                "dev",
+                "lo",
+            ])?;
+            // Both ends are created inside the namespaces: nothing appears in the root one.
+            // The pod's eth0 holds the pod address (as in a pod) and the link to Lattice, the
+            // address Lattice sees as the client (and maps to the cluster's VPC).
+            let peer = c.name();
+            ip(&[
+                "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns",
+                &lattice,
+            ])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{POD_IP}/16"),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/30", c.link_ip()),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            ip(&[
+                "-n",
+                &lattice,
+                "addr",
+                "add",
+                &format!("{}/30", c.lattice_link_ip()),
+                "dev",
+                &peer,
+            ])?;
+            ip(&["-n", &lattice, "link", "set", &peer, "up"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "route",
+                "add",
+                "169.254.171.0/24",
+                "via",
+                &c.lattice_link_ip(),
+                "src",
+                &c.link_ip(),
+            ])?;
+
+            let dir = PathBuf::from("/etc/netns").join(&ns);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let mut hosts =
+                String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+            for s in CLUSTERS {
+                let _ = writeln!(hosts, "{}\t{}", s.service_ip(), s.host());
+            }
+            write_file(&dir.join("hosts"), &hosts, 0o644)?;
+        }
+        Ok(())
+    }
+
+    fn cgroups(&self) -> Result<()> {
+        step(&format!(
+            "creating cgroups under {} (clusterN/app is enrolled in the redirector)",
+            self.names.cgroup_root().display()
+        ));
+        let mut dirs = vec![self.names.node_cgroup()];
+        for c in CLUSTERS {
+            dirs.push(self.names.cgroup(c, "app"));
+            dirs.push(self.names.cgroup(c, "proxy"));
+        }
+        for d in dirs {
+            std::fs::create_dir_all(&d)
+                .with_context(|| format!("creating cgroup {}", d.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Starts `cmd` in its own process group inside `cgroup`, stdout to `<name>.out` (when
+    /// `stdout_file`) and stderr to `<name>.log`; returns the file to watch for readiness.
+    fn spawn(
+        &mut self,
+        name: &str,
+        mut cmd: Command,
+        cgroup: &Path,
+        stdout_file: bool,
+    ) -> Result<PathBuf> {
+        let logs = self.settings.state_dir.join("logs");
+        let log = logs.join(format!("{name}.log"));
+        let err =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let watched = if stdout_file {
+            let out_path = logs.join(format!("{name}.out"));
+            let out = std::fs::File::create(&out_path)
+                .with_context(|| format!("creating {}", out_path.display()))?;
+            cmd.stdout(out);
+            out_path
+        } else {
+            cmd.stdout(err.try_clone()?);
+            log.clone()
+        };
+        cmd.stderr(err).stdin(Stdio::null());
+        enter_cgroup_on_exec(&mut cmd, cgroup)?;
+        // Its own process group: a Ctrl-C in the terminal reaches only the demo, which then
+        // stops everything in order (and with --keep, the processes outlive the demo).
+        cmd.process_group(0);
+        let shown = format!("{cmd:?}");
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {name}: {shown}"))?;
+        self.children.push((name.to_owned(), child, log.clone()));
+        Ok(watched)
+    }
+
+    /// Waits until `file` contains `needle`, failing early when the process named `name` exits.
+    fn wait_for(&mut self, name: &str, file: &Path, needle: &str) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            check_interrupted()?;
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            if text.contains(needle) {
+                return Ok(());
+            }
+            self.check_children()?;
+            if start.elapsed() > READY_TIMEOUT {
+                bail!(
+                    "{name} did not become ready within {}s (waited for '{needle}' in {}):\n{}",
+                    READY_TIMEOUT.as_secs(),
+                    file.display(),
+                    tail(file)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn check_children(&mut self) -> Result<()> {
+        for (name, child, log) in &mut self.children {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "{name} exited with {status} while starting; its log {}:\n{}",
+                    log.display(),
+                    tail(log)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the proxy's /readyz (credentials fetched from the Pod Identity agent).
+    fn wait_ready(&mut self, c: Cluster) -> Result<()> {
+        step(&format!(
+            "waiting for lattice-proxy in {} to be ready (http://{PROXY_ADMIN}/readyz)",
+            self.names.netns(c)
+        ));
+        let start = Instant::now();
+        loop {
+            check_interrupted()?;
+            let ok = Command::new("ip")
+                .args(["netns", "exec", &self.names.netns(c)])
+                .args(["curl", "-sf", "-o", "/dev/null", "--max-time", "2"])
+                .arg(format!("http://{PROXY_ADMIN}/readyz"))
+                .stdin(Stdio::null())
+                .status()
+                .context("cannot run `ip netns exec ... curl`")?
+                .success();
+            if ok {
+                return Ok(());
+            }
+            self.check_children()?;
+            if start.elapsed() > READY_TIMEOUT {
+                let log = self
+                    .settings
+                    .state_dir
+                    .join(format!("logs/{}-proxy.log", c.name()));
+                bail!(
+                    "lattice-proxy in {} was not ready within {}s; its log {}:\n{}",
+                    self.names.netns(c),
+                    READY_TIMEOUT.as_secs(),
+                    log.display(),
+                    tail(&log)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The shell line that runs `curl` as the app of cluster `from` would: in its cgroup
+    /// (before entering the namespace, since `ip netns exec` remounts /sys), in its network
+    /// namespace with its hosts file, as uid/gid 1000.
+    pub fn curl_command(&self, from: Cluster, url: &str) -> String {
+        format!(
+            "sh -c 'echo $$ > {}/cgroup.procs; exec ip netns exec {} setpriv --reuid {APP_GID} \
+             --regid {APP_GID} --clear-groups curl -sS {url}'",
+            self.names.cgroup(from, "app").display(),
+            self.names.netns(from)
+        )
+    }
+
+    /// Runs the seed's four calls from the app side and returns their results, printing each
+    /// command and response as it goes.
+    pub fn run_checks(&mut self) -> Result<Vec<Check>> {
+        let mut checks = Vec::new();
+        for from in CLUSTERS {
+            for to in [from.other(), from] {
+                check_interrupted()?;
+                let url = format!("http://{}/", to.host());
+                let expect = if to == from {
+                    Expect::Denied
+                } else {
+                    Expect::Allowed
+                };
+                println!();
+                println!(
+                    "# {} app (gid {APP_GID}, netns {}) -> {}",
+                    from.name(),
+                    self.names.netns(from),
+                    to.host()
+                );
+                println!("$ curl -sS {url}");
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", &self.names.netns(from)]);
+                as_user(&mut cmd, APP_GID);
+                cmd.args(["/usr/bin/curl", "-sS", "--max-time", "30", &url])
+                    .stdin(Stdio::null());
+                enter_cgroup_on_exec(&mut cmd, &self.names.cgroup(from, "app"))?;
+                let out = cmd.output().context("cannot run curl")?;
+                let mut output = String::from_utf8_lossy(&out.stdout).trim_end().to_owned();
+                if !out.status.success() {
+                    let _ = write!(
+                        output,
+                        "{}curl failed ({}): {}",
+                        if output.is_empty() { "" } else { "\n" },
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                }
+                let ok = out.status.success()
+                    && match expect {
+                        Expect::Allowed => {
+                            output.ends_with(&format!("): Hello from {}", to.version()))
+                        }
+                        // Denied by the policy, not for lack of a signature: Lattice names
+                        // the caller's role, which only a signed request carries.
+                        Expect::Denied => {
+                            output.starts_with("AccessDeniedException")
+                                && output.contains(&format!("assumed-role/{}/", from.role_name()))
+                        }
+                    };
+                println!("{output}");
+                let check = Check {
+                    from,
+                    to,
+                    expect,
+                    command: self.curl_command(from, &url),
+                    output,
+                    ok,
+                };
+                println!(
+                    "{} expected: {}",
+                    if ok { "[ok]" } else { "[MISMATCH]" },
+                    check.expected_text()
+                );
+                checks.push(check);
+            }
+        }
+        Ok(checks)
+    }
+
+    /// How to try more by hand and how to tear down (printed by `--keep`).
+    pub fn manual(&self, down_command: &str) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "Everything is still running. Try more by hand, e.g.:");
+        for from in CLUSTERS {
+            for to in CLUSTERS {
+                let _ = writeln!(
+                    s,
+                    "  {}",
+                    self.curl_command(from, &format!("http://{}/", to.host()))
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "  ip netns exec {} curl -s http://{PROXY_ADMIN}/metrics   # the proxy's metrics",
+            self.names.netns(CLUSTERS[0])
+        );
+        let _ = writeln!(
+            s,
+            "  {} --pin-dir {} status                  # what the redirector attached",
+            self.settings.bins.redirector.display(),
+            self.names.pin_dir().display()
+        );
+        let _ = writeln!(
+            s,
+            "Configuration and logs: {} (lattice-emulator.json, logs/)",
+            self.settings.state_dir.display()
+        );
+        let _ = writeln!(s, "Tear everything down with: {down_command}");
+        s
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        step(&format!(
+            "tearing down {} (processes, redirector pins, cgroups, namespaces)",
+            self.names.prefix
+        ));
+        if let Err(e) = teardown(&self.names, Some(&self.settings.bins.redirector)) {
+            eprintln!("warning: teardown incomplete: {e:#}");
+        }
+        for (_, child, _) in &mut self.children {
+            let _ = child.try_wait();
+        }
+    }
+}
+
+/// Removes everything a scenario with these names may have left: stops its processes (all of
+/// them live in its cgroup subtree), uninstalls the redirector's pins, removes the cgroups,
+/// the network namespaces and their `/etc/netns` files. Missing pieces are skipped, so it is
+/// safe to run at any time. `redirector` runs `uninstall` when given and present.
+pub fn teardown(names: &Names, redirector: Option<&Path>) -> Result<()> {
+    let mut errors: Vec<String> = Vec::new();
+    let root = names.cgroup_root();
+
+    // 1. Processes: SIGTERM, then SIGKILL what is left after a grace period.
+    if root.is_dir() {
+        let pids = cgroup_pids(&root);
+        if !pids.is_empty() {
+            step(&format!(
+                "stopping {} process(es) in {}",
+                pids.len(),
+                root.display()
+            ));
+            signal_all(&pids, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !cgroup_pids(&root).is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let left = cgroup_pids(&root);
+            if !left.is_empty() {
+                signal_all(&left, nix::sys::signal::Signal::SIGKILL);
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while !cgroup_pids(&root).is_empty() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+
+    // 2. The redirector's programs and pins: `uninstall` is the only way to detach.
+    let pins = names.pin_dir();
+    if pins.exists() {
+        if let Some(bin) = redirector.filter(|b| b.is_file()) {
+            let out = Command::new(bin)
+                .arg("--pin-dir")
+                .arg(&pins)
+                .arg("uninstall")
+                .output();
+            match out {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => errors.push(format!(
+                    "{} --pin-dir {} uninstall failed: {}",
+                    bin.display(),
+                    pins.display(),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )),
+                Err(e) => errors.push(format!("cannot run {}: {e}", bin.display())),
+            }
+        }
+        // Unpinning the links detaches them once no process holds them (all are stopped).
+        if pins.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&pins) {
+                errors.push(format!("removing {}: {e}", pins.display()));
+            }
+        }
+    }
+
+    // 3. Cgroups, leaves first.
+    if root.is_dir() {
+        let mut dirs = Vec::new();
+        collect_dirs(&root, &mut dirs);
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs {
+            if let Err(e) = std::fs::remove_dir(&d) {
+                errors.push(format!("removing cgroup {}: {e}", d.display()));
+            }
+        }
+    }
+
+    // 4. Network namespaces and their files.
+    for ns in names.all_netns() {
+        if Path::new("/run/netns").join(&ns).exists() {
+            if let Err(e) = ip(&["netns", "delete", &ns]) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        let etc = PathBuf::from("/etc/netns").join(&ns);
+        if etc.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&etc) {
+                errors.push(format!("removing {}: {e}", etc.display()));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", errors.join("; "))
+    }
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    out.push(dir.to_owned());
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                collect_dirs(&e.path(), out);
+            }
+        }
+    }
+}
+
+fn cgroup_pids(root: &Path) -> Vec<i32> {
+    let mut dirs = Vec::new();
+    collect_dirs(root, &mut dirs);
+    dirs.iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+        .flat_map(|t| {
+            t.lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+fn signal_all(pids: &[i32], signal: nix::sys::signal::Signal) {
+    for pid in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), signal);
+    }
+}
+
+/// Checks what the scenario needs before touching anything.
+fn preflight(settings: &Settings) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "the demo scenario needs root (network namespaces, cgroups, bpffs, eBPF); \
+             run it with sudo"
+        );
+    }
+    for tool in ["ip", "setpriv", "curl", "mount"] {
+        let found = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+            .unwrap_or(false);
+        if !found {
+            bail!(
+                "`{tool}` is not on PATH; install it (Debian: apt-get install iproute2 \
+                 util-linux curl mount)"
+            );
+        }
+    }
+    // The apps and proxies run as uid 1000 and 1337: they must reach their binaries.
+    for bin in [&settings.bins.proxy, &settings.bins.app] {
+        reachable_by_others(bin, 0o005).with_context(|| {
+            format!(
+                "uid {APP_GID}/{PROXY_GID} cannot run {}; build into a world-readable \
+                 directory (set CARGO_TARGET_DIR)",
+                bin.display()
+            )
+        })?;
+    }
+    if let Some(parent) = settings.state_dir.parent() {
+        reachable_by_others(parent, 0o001).with_context(|| {
+            format!(
+                "uid {PROXY_GID} cannot reach the state directory {}; choose one under a \
+                 world-searchable directory",
+                settings.state_dir.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Fails unless `path` has the `mode` bits for others and every ancestor is searchable.
+fn reachable_by_others(path: &Path, mode: u32) -> Result<()> {
+    let path = std::fs::canonicalize(path).with_context(|| format!("{}", path.display()))?;
+    let m = std::fs::metadata(&path)?.permissions().mode();
+    if m & mode != mode {
+        bail!("{} has mode {:o}", path.display(), m & 0o777);
+    }
+    for dir in path.ancestors().skip(1) {
+        let m = std::fs::metadata(dir)?.permissions().mode();
+        if m & 0o001 == 0 {
+            bail!(
+                "{} has mode {:o} (others cannot enter it)",
+                dir.display(),
+                m & 0o777
+            );
+        }
+    }
+    Ok(())
+}
+
+fn prepare_state_dir(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir.join("logs"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    set_mode(dir, 0o755)?;
+    set_mode(&dir.join("logs"), 0o755)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {mode:o} {}", path.display()))
+}
+
+fn write_file(path: &Path, text: &str, mode: u32) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    set_mode(path, mode)
+}
+
+fn wait_file(path: &Path) -> Result<()> {
+    let start = Instant::now();
+    while !path.is_file() {
+        check_interrupted()?;
+        if start.elapsed() > READY_TIMEOUT {
+            bail!("{} was not written", path.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// The last lines of a log, for error messages.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(20);
+    lines[from..].join("\n")
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    run(Command::new("ip").args(args))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot start {shown}"))?;
+    if !out.status.success() {
+        bail!(
+            "{shown} failed with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Appends `setpriv` switching to uid and gid `id` with no supplementary groups.
+fn as_user(cmd: &mut Command, id: u32) {
+    cmd.args([
+        "setpriv",
+        "--reuid",
+        &id.to_string(),
+        "--regid",
+        &id.to_string(),
+        "--clear-groups",
+    ]);
+}
+
+/// Moves the child into `cgroup` between fork and exec, before `ip netns exec` remounts
+/// /sys: a process's cgroup is inherited, so everything it starts stays there.
+fn enter_cgroup_on_exec(cmd: &mut Command, cgroup: &Path) -> Result<()> {
+    let procs = CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes())
+        .context("cgroup path with a NUL byte")?;
+    // SAFETY: only async-signal-safe calls (open, write, close) on memory prepared before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // "0" moves the writing process itself.
+            let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if n != 1 {
+                return Err(err);
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// The token each cluster's Pod Identity agent expects (the content of the projected token).
+fn agent_token(c: Cluster) -> String {
+    format!("{}-eks-pod-identity-token", c.name())
+}
+
+/// The emulator's configuration: two services with the seed's IAM auth policies, targets in
+/// the cluster namespaces, listeners and Pod Identity agents inside the namespaces.
+pub fn emulator_config(names: &Names, ca_out: &Path) -> serde_json::Value {
+    use serde_json::json;
+    let netns = |ns: String| format!("/run/netns/{ns}");
+    let lattice = netns(names.lattice_netns());
+    let policy = |allowed: Cluster| {
+        json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": "vpc-lattice-svcs:Invoke",
+                "Resource": "*",
+                "Condition": {"StringEquals": {
+                    "aws:PrincipalTag/eks-cluster-name": allowed.eks_cluster(),
+                    "aws:PrincipalTag/kubernetes-namespace": "apps"
+                }}
+            }]
+        })
+    };
+    let uid = |c: Cluster| match c.n {
+        1 => "6f1c7d0e-1111-4a2b-8c3d-0a1b2c3d4e5f",
+        _ => "9a8b7c6d-2222-4e5f-9a0b-4e5f6a7b8c9d",
+    };
+    json!({
+        "listeners": [
+            {"address": "0.0.0.0:443", "protocol": "https", "netns": lattice},
+            {"address": "0.0.0.0:80", "protocol": "http", "netns": lattice}
+        ],
+        "ca_cert_out": ca_out,
+        "pod_identity_agents": CLUSTERS.iter().map(|c| json!({
+            "address": format!("{POD_IDENTITY_ADDR}:80"),
+            "token": agent_token(*c),
+            "access_key_id": c.access_key_id(),
+            "netns": netns(names.netns(*c)),
+        })).collect::<Vec<_>>(),
+        "emulator": {
+            "region": REGION,
+            "account_id": ACCOUNT_ID,
+            "service_network": {"id": "sn-0e1a7c0de0e1a7c0d", "name": "app-services-network"},
+            "tls_names": ["*.example.com"],
+            "source_vpcs": CLUSTERS.iter().map(|c| json!({
+                "id": c.vpc_id(),
+                "cidrs": [format!("100.64.{}.0/30", c.n)],
+            })).collect::<Vec<_>>(),
+            "credentials": CLUSTERS.iter().map(|c| json!({
+                "access_key_id": c.access_key_id(),
+                "secret_access_key": format!("{}-secret-access-key", c.name()),
+                "session_token": format!("{}-session-token", c.name()),
+                "role_name": c.role_name(),
+                "session_name": format!("eks-{}-{}", c.eks_cluster(), c.pod_name()),
+                "tags": {
+                    "eks-cluster-name": c.eks_cluster(),
+                    "kubernetes-namespace": "apps",
+                    "kubernetes-service-account": "default",
+                    "kubernetes-pod-name": c.pod_name(),
+                    "kubernetes-pod-uid": uid(*c),
+                },
+                "expires_in_secs": 21600,
+            })).collect::<Vec<_>>(),
+            "services": CLUSTERS.iter().map(|c| json!({
+                "name": c.service(),
+                "id": format!("svc-0d3e0c1a55e10000{}", c.n),
+                "hosts": [c.host()],
+                "auth_type": "AWS_IAM",
+                "auth_policy": policy(c.other()),
+                "routes": [{"path_prefix": "/", "target_group": c.version()}],
+            })).collect::<Vec<_>>(),
+            "target_groups": CLUSTERS.iter().map(|c| json!({
+                "name": c.version(),
+                "targets": [{
+                    "address": format!("{POD_IP}:{APP_PORT}"),
+                    "netns": netns(names.netns(*c)),
+                }],
+            })).collect::<Vec<_>>(),
+        }
+    })
+}

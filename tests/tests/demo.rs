@@ -1,0 +1,105 @@
+//! End to end: the two-cluster demo of `cargo xtask demo` (see `lattice_tests::demo`) with the
+//! real lattice-redirector and lattice-proxy, asserting the seed's four outcomes.
+//!
+//! Needs root (network namespaces, cgroups, eBPF): it fails, never skips, without it. The
+//! redirector and proxy binaries are taken from the cargo output directory of this test
+//! (target/debug, CARGO_TARGET_DIR aware); build them first with
+//! `cargo build -p lattice-redirector -p lattice-proxy`. Names carry this process's id, so a
+//! demo running at the same time is not disturbed; everything is removed at the end, pass or
+//! fail.
+
+use std::path::{Path, PathBuf};
+
+use lattice_tests::demo::{Binaries, Expect, Scenario, Settings, CLUSTERS};
+
+#[test]
+fn two_clusters_allowed_and_denied_as_the_seed() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test needs root (network namespaces, cgroups, eBPF): run it with sudo"
+    );
+    let emulator = PathBuf::from(env!("CARGO_BIN_EXE_lattice-emulator"));
+    let bin_dir = emulator.parent().expect("binaries live in a directory");
+    let bins = Binaries {
+        redirector: required(bin_dir, "lattice-redirector"),
+        proxy: required(bin_dir, "lattice-proxy"),
+        emulator: emulator.clone(),
+        app: PathBuf::from(env!("CARGO_BIN_EXE_demo-app")),
+    };
+    let prefix = format!("le-e2e-{}", std::process::id());
+    let state_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&prefix);
+    let mut scenario = Scenario::up(Settings {
+        prefix,
+        state_dir: state_dir.clone(),
+        bins,
+    })
+    .unwrap_or_else(|e| panic!("the scenario did not come up: {e:#}"));
+
+    let checks = scenario
+        .run_checks()
+        .unwrap_or_else(|e| panic!("the checks could not run: {e:#}"));
+    drop(scenario);
+
+    assert_eq!(checks.len(), 4);
+    for check in &checks {
+        assert!(
+            check.ok,
+            "{} -> {}: expected {}, got:\n{}\n(command: {}; logs in {})",
+            check.from.name(),
+            check.to.host(),
+            check.expected_text(),
+            check.output,
+            check.command,
+            state_dir.join("logs").display()
+        );
+    }
+    // The seed's table: each cluster reaches the other's service only.
+    for from in CLUSTERS {
+        let allowed = checks
+            .iter()
+            .find(|c| c.from == from && c.expect == Expect::Allowed)
+            .expect("one allowed call per cluster");
+        assert_eq!(allowed.to, from.other());
+        assert_eq!(
+            allowed.output,
+            format!(
+                "Requsting to Pod({}): Hello from {}",
+                from.other().pod_name(),
+                from.other().version()
+            )
+        );
+        let denied = checks
+            .iter()
+            .find(|c| c.from == from && c.expect == Expect::Denied)
+            .expect("one denied call per cluster");
+        assert_eq!(denied.to, from);
+        assert!(
+            denied.output.starts_with(&format!(
+                "AccessDeniedException: User: arn:aws:sts::111122223333:assumed-role/eks-{}-pod-identity-role/",
+                from.name()
+            )),
+            "{}",
+            denied.output
+        );
+        assert!(
+            denied.output.ends_with(
+                "because no service-based policy allows the vpc-lattice-svcs:Invoke action"
+            ),
+            "{}",
+            denied.output
+        );
+    }
+}
+
+fn required(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build it first with `cargo build -p lattice-redirector -p lattice-proxy` \
+         (the redirector needs `cargo xtask build-ebpf` once before)",
+        path.display()
+    );
+    path
+}

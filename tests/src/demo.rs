@@ -808,6 +808,13 @@ impl Scenario {
         }
         let _ = writeln!(
             s,
+            "  ip netns exec {} curl -sS http://{}/   # not enrolled (root, not in the app \
+             cgroup): unsigned, Lattice answers `User: anonymous`",
+            self.names.netns(CLUSTERS[0]),
+            CLUSTERS[1].host()
+        );
+        let _ = writeln!(
+            s,
             "  ip netns exec {} curl -s http://{PROXY_ADMIN}/metrics   # the proxy's metrics",
             self.names.netns(CLUSTERS[0])
         );

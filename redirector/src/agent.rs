@@ -69,6 +69,21 @@ fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(opts: Options) -> Result<()> {
     // Everything that can be checked is checked before the kernel is touched.
+    if let Some(v) = host::kernel_version() {
+        if v < host::MIN_KERNEL {
+            return Err(Error::Host {
+                what: format!(
+                    "kernel {}.{} is too old: the programs need {}.{} or newer (cgroup bpf \
+                     links, getpeername hooks, netns cookies in sock_ops/sockopt); run \
+                     `lattice-redirector doctor` for the details",
+                    v.0,
+                    v.1,
+                    host::MIN_KERNEL.0,
+                    host::MIN_KERNEL.1
+                ),
+            });
+        }
+    }
     let cgroup_root = host::cgroup2_mount()?;
     let mut cfg = load_config(&opts, &cgroup_root)?;
     for warning in cfg.warnings() {

@@ -8,6 +8,7 @@ mod demo;
 mod ebpf;
 mod setup;
 mod test;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,8 @@ enum Task {
     Demo(demo::Demo),
     /// Run the whole test suite (needs root for the kernel tests).
     Test(test::Test),
+    /// The redirector on the EKS 6.1 kernel line, booted with qemu.
+    VmTest(vm::VmTest),
     /// The measuring loop of `bench redirect` (run inside the case's namespace).
     #[command(hide = true)]
     BenchLoop(bench_redirect::Loop),
@@ -53,6 +56,7 @@ fn main() {
         Task::BuildEbpf(opts) => ebpf::run(&opts).map(|_| ()),
         Task::Demo(opts) => demo::run(&opts),
         Task::Test(opts) => test::run(&opts),
+        Task::VmTest(opts) => vm::run(&opts),
         Task::BenchLoop(opts) => bench_redirect::run_loop(&opts),
         Task::Bench { which } => match which {
             Bench::Redirect(opts) => bench_redirect::run(&opts),

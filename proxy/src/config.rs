@@ -92,6 +92,15 @@ pub struct Args {
     )]
     pub sign_headers: Vec<String>,
 
+    /// Request headers to drop before signing and forwarding (aws-sigv4-proxy's --strip);
+    /// comma-separated.
+    #[arg(
+        long = "strip",
+        env = "LATTICE_PROXY_STRIP_HEADERS",
+        value_delimiter = ','
+    )]
+    pub strip_headers: Vec<String>,
+
     /// Domain suffixes to forward to, in addition to Lattice's `on.aws` (comma-separated).
     #[arg(
         long = "allowed-domain",
@@ -204,6 +213,8 @@ pub struct Config {
     pub algorithm: Algorithm,
     /// Extra headers to sign.
     pub sign_headers: Vec<HeaderName>,
+    /// Extra headers to drop.
+    pub strip_headers: Vec<HeaderName>,
     /// Hosts forwarded to.
     pub allow: AllowList,
     /// Upstream connection settings.
@@ -278,6 +289,25 @@ impl Config {
                 ));
             }
             sign_headers.push(name);
+        }
+
+        let mut strip_headers = Vec::new();
+        for h in args.strip_headers.iter().filter(|h| !h.trim().is_empty()) {
+            let name = HeaderName::try_from(h.trim().to_ascii_lowercase())
+                .map_err(|_| invalid("--strip", format!("{h:?} is not a header name")))?;
+            if name == http::header::HOST {
+                return Err(invalid(
+                    "--strip",
+                    "the Host header names the service and cannot be stripped",
+                ));
+            }
+            if sign_headers.contains(&name) {
+                return Err(invalid(
+                    "--strip",
+                    format!("{name} is also given to --sign-header"),
+                ));
+            }
+            strip_headers.push(name);
         }
 
         let mut resolve: HashMap<String, Vec<IpAddr>> = HashMap::new();
@@ -357,6 +387,7 @@ impl Config {
                 Algorithm::V4
             },
             sign_headers,
+            strip_headers,
             allow,
             upstream: UpstreamConfig {
                 port: args.upstream_port,

@@ -64,7 +64,7 @@ async fn run(
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let running = server::start(config, provider).await?;
-    tracing::info!("lattice-proxy started");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "lattice-proxy started");
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),

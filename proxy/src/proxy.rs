@@ -37,6 +37,7 @@ pub struct Proxy {
     client: UpstreamClient,
     upstream_port: u16,
     response_timeout: Duration,
+    strip: Vec<HeaderName>,
     metrics: Arc<Metrics>,
 }
 
@@ -66,7 +67,8 @@ const STRIPPED_RESPONSE: &[HeaderName] = &[
 ];
 
 impl Proxy {
-    /// Creates the handler.
+    /// Creates the handler; `strip` are extra request headers to drop (`--strip`).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         allow: AllowList,
         signer: Arc<Signer>,
@@ -74,6 +76,7 @@ impl Proxy {
         client: UpstreamClient,
         upstream_port: u16,
         response_timeout: Duration,
+        strip: Vec<HeaderName>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Proxy {
@@ -83,6 +86,7 @@ impl Proxy {
             client,
             upstream_port,
             response_timeout,
+            strip,
             metrics,
         }
     }
@@ -138,6 +142,9 @@ impl Proxy {
         let uri = self.upstream_uri(&host, parts.uri.path_and_query())?;
         let mut headers = std::mem::take(&mut parts.headers);
         strip_request_headers(&mut headers);
+        for name in &self.strip {
+            headers.remove(name);
+        }
 
         // Payload: UNSIGNED-PAYLOAD, or the hash of a small body read here.
         let (body, body_sha256) = match self.signer.payload_mode() {

@@ -98,7 +98,11 @@ pub async fn start(
     // no request to a custom domain could succeed.
     let mut fetched_roots = Vec::new();
     if let Some(ca) = &config.private_ca {
-        let bootstrap = upstream::tls_config(&config.upstream, &[])?;
+        // The ACM PCA API has a public certificate: trust the system roots for this call
+        // even when --system-roots=false limits Lattice traffic to the private CA.
+        let mut api = config.upstream.clone();
+        api.system_roots = true;
+        let bootstrap = upstream::tls_config(&api, &[])?;
         let client = upstream::client(
             &config.upstream,
             Connector::new(&config.upstream, bootstrap, metrics.clone()),
@@ -179,7 +183,7 @@ pub async fn start(
         let shared = shared.clone();
         let stop_rx = stop_rx.clone();
         tokio::spawn(async move {
-            serve(shared, listeners, stop_rx).await;
+            serve(shared, listeners, stop_rx, 0).await;
             let _ = tx.send(());
         });
         finished.push(rx);
@@ -220,7 +224,7 @@ pub async fn start(
                                 .into_iter()
                                 .filter_map(|l| TcpListener::from_std(l).ok())
                                 .collect();
-                            serve(shared, listeners, stop_rx).await;
+                            serve(shared, listeners, stop_rx, i).await;
                         }),
                         Err(e) => {
                             tracing::error!(worker = i, error = %e, "cannot start a worker runtime")
@@ -278,7 +282,12 @@ struct Shared {
 
 /// One worker: its own upstream pool and HTTP server settings, accept loops on every
 /// listener until `stop`, then a drain bounded by the deadline.
-async fn serve(shared: Arc<Shared>, listeners: Vec<TcpListener>, stop: watch::Receiver<bool>) {
+async fn serve(
+    shared: Arc<Shared>,
+    listeners: Vec<TcpListener>,
+    stop: watch::Receiver<bool>,
+    worker: usize,
+) {
     let config = &shared.config;
     let connector = Connector::new(&config.upstream, shared.tls.clone(), shared.metrics.clone());
     let client = upstream::client(&config.upstream, connector);
@@ -289,6 +298,7 @@ async fn serve(shared: Arc<Shared>, listeners: Vec<TcpListener>, stop: watch::Re
         client,
         config.upstream.port,
         config.upstream.response_timeout,
+        config.strip_headers.clone(),
         shared.metrics.clone(),
     ));
 
@@ -321,6 +331,7 @@ async fn serve(shared: Arc<Shared>, listeners: Vec<TcpListener>, stop: watch::Re
     }
     let drain_timeout = config.drain_timeout;
     tracing::info!(
+        worker,
         connections = graceful.count(),
         deadline_s = drain_timeout.as_secs_f64(),
         "stopped accepting; draining in-flight requests"
@@ -333,9 +344,12 @@ async fn serve(shared: Arc<Shared>, listeners: Vec<TcpListener>, stop: watch::Re
         Err(_) => false,
     };
     if drained {
-        tracing::info!("drained");
+        tracing::info!(worker, "drained");
     } else {
-        tracing::warn!("drain deadline reached; closing remaining connections");
+        tracing::warn!(
+            worker,
+            "drain deadline reached; closing remaining connections"
+        );
     }
 }
 

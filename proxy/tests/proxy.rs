@@ -80,7 +80,7 @@ async fn signatures_agree_with_botocore_on_tricky_targets() {
 #[tokio::test]
 async fn app_credentials_and_lattice_identity_headers_never_pass() {
     let up = Upstream::start().await;
-    let p = start_proxy(config(&up, &[])).await;
+    let p = start_proxy(config(&up, &["--strip", "x-debug-token,X-Internal"])).await;
     let addr = p.proxy_addrs()[0];
     let req = Request::builder()
         .uri(format!("http://{addr}/h"))
@@ -103,6 +103,8 @@ async fn app_credentials_and_lattice_identity_headers_never_pass() {
             "Root=1-5759e988-bd862e3fe1be46a994272793",
         )
         .header("content-type", "application/json")
+        .header("x-debug-token", "dropped by --strip")
+        .header("x-internal", "dropped by --strip")
         .body(Full::new(Bytes::new()))
         .unwrap();
     let resp = client().request(req).await.unwrap();
@@ -110,6 +112,8 @@ async fn app_credentials_and_lattice_identity_headers_never_pass() {
     let seen = up.seen().pop().unwrap();
     assert_eq!(seen.access_key, AKID);
     for gone in [
+        "x-debug-token",
+        "x-internal",
         "x-amzn-lattice-identity",
         "x-amzn-lattice-network",
         "x-hop",
@@ -342,6 +346,20 @@ async fn upstream_failures_are_readable() {
         StatusCode::GATEWAY_TIMEOUT,
         "response-timeout",
         "--response-timeout",
+    )
+    .await;
+
+    // Connect timeout: a listener whose accept queue is full drops further SYNs.
+    let (full_port, _full) = full_listener();
+    let mut cfg = config(&up, &["--connect-timeout", "300ms"]);
+    cfg.upstream.port = full_port;
+    expect_error(
+        cfg,
+        HOST,
+        "/",
+        StatusCode::GATEWAY_TIMEOUT,
+        "connect-timeout",
+        "--connect-timeout",
     )
     .await;
 
@@ -602,4 +620,90 @@ async fn private_ca_is_fetched_from_acm_pca() {
         "{auth}"
     );
     p.shutdown().await;
+}
+
+#[tokio::test]
+async fn http1_upstream_path() {
+    let up = Upstream::start_http1().await;
+    let p = start_proxy(config(&up, &[])).await;
+    let addr = p.proxy_addrs()[0];
+    let (status, _, body) = send(addr, "GET", HOST, "/one?x=a+b&b=2&a", b"").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, "ok GET /one?x=a%20b&b=2&a=");
+    let (status, _, body) = send(addr, "DELETE", HOST, "/a/./b/../c//d", b"").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A chunked body of unknown length goes upstream chunked.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        for _ in 0..64 {
+            tx.send(Bytes::from(vec![1u8; 65536])).await.unwrap();
+        }
+    });
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/count"))
+        .header("host", HOST)
+        .body(ChannelBody(rx))
+        .unwrap();
+    let resp = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http()
+        .request(req)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        &resp.into_body().collect().await.unwrap().to_bytes()[..],
+        b"4194304"
+    );
+    let (status, _, body) = send(addr, "GET", HOST, "/download/3000000", b"").await;
+    assert_eq!((status, body.len()), (StatusCode::OK, 3_000_000));
+    let seen = up.seen();
+    assert!(seen.iter().all(|s| s.version == http::Version::HTTP_11));
+    assert_eq!(
+        seen[0].headers["host"],
+        format!("{HOST}:{}", up.addr.port()).as_str()
+    );
+    // Pooled: sequential requests reuse one connection per worker (two workers here).
+    let (_, m) = admin_get(p.admin_addr(), "/metrics").await;
+    assert!(
+        m.contains("lattice_proxy_upstream_connections_total 1")
+            || m.contains("lattice_proxy_upstream_connections_total 2"),
+        "{m}"
+    );
+    p.shutdown().await;
+}
+
+/// A loopback listener with a backlog of 0 whose accept queue is already full, so the
+/// kernel drops further SYNs and a connect to it hangs: a connect timeout on 127.0.0.1.
+/// Returns its port and the sockets to keep open (never accepting) while it is used.
+fn full_listener() -> (u16, (std::net::TcpListener, Vec<std::net::TcpStream>)) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor we own; it is wrapped in a TcpListener
+    // (closed on drop) right after listen.
+    let listener = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let rc = libc::bind(
+            fd,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0);
+        assert_eq!(libc::listen(fd, 0), 0);
+        std::net::TcpListener::from_raw_fd(fd)
+    };
+    let addr = listener.local_addr().unwrap();
+    // Fill the queue: connects complete until it is full, then they would hang.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200));
+        match s {
+            Ok(s) => held.push(s),
+            Err(_) => break,
+        }
+    }
+    (addr.port(), (listener, held))
 }

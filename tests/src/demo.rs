@@ -2,16 +2,18 @@
 //! on one Linux machine with the real lattice-redirector and lattice-proxy.
 //!
 //! ```text
-//!  netns <p>-cluster1                        netns <p>-lattice               netns <p>-cluster2
-//!  ┌────────────────────────────┐           ┌─────────────────────┐         ┌──────────────────┐
-//!  │ eth0 10.0.0.10/16          │  veth     │ lo 169.254.171.10   │  veth   │ eth0 10.0.0.10/16│
-//!  │      100.64.1.2/30         │──────────►│    169.254.171.20   │◄────────│      100.64.2.2  │
-//!  │ lo 169.254.170.23 (agent)  │           │ emulator :443 :80   │         │ ...same as left  │
-//!  │ route 169.254.171.0/24     │           │ (listens via setns) │         │                  │
-//!  │   via 100.64.1.1           │           └─────────────────────┘         └──────────────────┘
-//!  │ app  (gid 1000) :8090      │
-//!  │ curl (gid 1000) ─connect4─► lattice-proxy (gid 1337) 127.0.0.1:15001 ─SigV4+TLS─► :443
-//!  └────────────────────────────┘
+//!  netns <p>-cluster1 (cluster2 alike: 100.64.2.0/30)     netns <p>-lattice
+//!  ┌──────────────────────────────────────────────┐      ┌──────────────────────────────┐
+//!  │ eth0 10.0.0.10/16 + 100.64.1.2/30 ───── veth ───────► cluster1 100.64.1.1/30        │
+//!  │ route 169.254.171.0/24 via 100.64.1.1        │      │ lo 169.254.171.10 (cluster1) │
+//!  │ lo 169.254.170.23:80  Pod Identity agent     │      │    169.254.171.20 (cluster2) │
+//!  │ /etc/netns/<ns>/hosts: demo-clusterN.example │      │ emulator :443 (TLS) and :80  │
+//!  │                                              │      └──────────────────────────────┘
+//!  │ app demo-cluster1-v1 (uid/gid 1000) :8090  ◄──── emulator's target, via this netns
+//!  │ curl (gid 1000, cgroup <p>/cluster1/app)     │
+//!  │   connect(169.254.171.20:80) ─ connect4 ─►   │
+//!  │ lattice-proxy (gid 1337) 127.0.0.1:15001 ──── SigV4 + TLS ──► 169.254.171.20:443
+//!  └──────────────────────────────────────────────┘
 //! ```
 //!
 //! Both clusters use the same pod address (overlapping CIDRs); the emulator reaches each
@@ -279,6 +281,47 @@ impl Names {
     pub fn pin_dir(&self) -> PathBuf {
         PathBuf::from("/sys/fs/bpf").join(&self.prefix)
     }
+
+    /// Whether anything of a scenario with this prefix exists (namespace, hosts file,
+    /// cgroup, pins).
+    pub fn leftovers_exist(&self) -> bool {
+        self.cgroup_root().exists()
+            || self.pin_dir().exists()
+            || self.all_netns().iter().any(|ns| {
+                Path::new("/run/netns").join(ns).exists()
+                    || Path::new("/etc/netns").join(ns).exists()
+            })
+    }
+
+    /// Takes the prefix's lock (`/run/lock/<prefix>.lock`, or the temporary directory), so
+    /// that two runs with one prefix never set up and tear down each other's scenario. The
+    /// lock lasts as long as the returned file (at the returned path) is open.
+    pub fn lock(&self) -> Result<(std::fs::File, PathBuf)> {
+        use std::os::fd::AsRawFd;
+        let dir = Path::new("/run/lock");
+        let dir = if dir.is_dir() {
+            dir.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let path = dir.join(format!("{}.lock", self.prefix));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening the lock {}", path.display()))?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            bail!(
+                "another run with prefix '{}' is in progress (it holds {}); wait for it or \
+                 stop it with Ctrl-C",
+                self.prefix,
+                path.display()
+            );
+        }
+        Ok((file, path))
+    }
 }
 
 /// Finds the cgroup2 mount in `/proc/self/mounts`.
@@ -355,6 +398,8 @@ pub struct Scenario {
     settings: Settings,
     children: Vec<(String, Child, PathBuf)>,
     keep: bool,
+    /// Held while this process drives the scenario (see [`Names::lock`]).
+    lock: Option<(std::fs::File, PathBuf)>,
 }
 
 impl Scenario {
@@ -363,13 +408,21 @@ impl Scenario {
     pub fn up(settings: Settings) -> Result<Scenario> {
         preflight(&settings)?;
         let names = Names::new(&settings.prefix)?;
-        teardown(&names, Some(&settings.bins.redirector))
-            .context("removing the leftovers of an earlier run")?;
+        let lock = names.lock()?;
+        if names.leftovers_exist() {
+            step(&format!(
+                "removing what an earlier run with prefix '{}' left (a --keep run or a crash)",
+                names.prefix
+            ));
+            teardown(&names, Some(&settings.bins.redirector))
+                .context("removing the leftovers of an earlier run")?;
+        }
         let mut scenario = Scenario {
             names,
             settings,
             children: Vec::new(),
             keep: false,
+            lock: Some(lock),
         };
         scenario.build()?;
         Ok(scenario)
@@ -400,7 +453,7 @@ impl Scenario {
         let config = state.join("lattice-emulator.json");
         write_file(
             &config,
-            &emulator_config(&self.names, &ca).to_string(),
+            &serde_json::to_string_pretty(&emulator_config(&self.names, &ca))?,
             0o644,
         )?;
         for c in CLUSTERS {
@@ -499,79 +552,38 @@ impl Scenario {
         ));
         let lattice = self.names.lattice_netns();
         for ns in self.names.all_netns() {
-            ip(&["netns", "add", &ns])?;
-            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+            ip(&format!("netns add {ns}"))?;
+            ip(&format!("-n {ns} link set lo up"))?;
         }
         for c in CLUSTERS {
-            ip(&[
-                "-n",
-                &lattice,
-                "addr",
-                "add",
-                &format!("{}/32", c.service_ip()),
-                "dev",
-                "lo",
-            ])?;
+            ip(&format!(
+                "-n {lattice} addr add {}/32 dev lo",
+                c.service_ip()
+            ))?;
         }
         for c in CLUSTERS {
             let ns = self.names.netns(c);
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{POD_IDENTITY_ADDR}/32"),
-                "dev",
-                "lo",
-            ])?;
+            let peer = c.name();
+            ip(&format!("-n {ns} addr add {POD_IDENTITY_ADDR}/32 dev lo"))?;
             // Both ends are created inside the namespaces: nothing appears in the root one.
             // The pod's eth0 holds the pod address (as in a pod) and the link to Lattice, the
             // address Lattice sees as the client (and maps to the cluster's VPC).
-            let peer = c.name();
-            ip(&[
-                "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &peer, "netns",
-                &lattice,
-            ])?;
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{POD_IP}/16"),
-                "dev",
-                "eth0",
-            ])?;
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{}/30", c.link_ip()),
-                "dev",
-                "eth0",
-            ])?;
-            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
-            ip(&[
-                "-n",
-                &lattice,
-                "addr",
-                "add",
-                &format!("{}/30", c.lattice_link_ip()),
-                "dev",
-                &peer,
-            ])?;
-            ip(&["-n", &lattice, "link", "set", &peer, "up"])?;
-            ip(&[
-                "-n",
-                &ns,
-                "route",
-                "add",
-                "169.254.171.0/24",
-                "via",
-                &c.lattice_link_ip(),
-                "src",
-                &c.link_ip(),
-            ])?;
+            ip(&format!(
+                "-n {ns} link add eth0 type veth peer name {peer} netns {lattice}"
+            ))?;
+            ip(&format!("-n {ns} addr add {POD_IP}/16 dev eth0"))?;
+            ip(&format!("-n {ns} addr add {}/30 dev eth0", c.link_ip()))?;
+            ip(&format!("-n {ns} link set eth0 up"))?;
+            ip(&format!(
+                "-n {lattice} addr add {}/30 dev {peer}",
+                c.lattice_link_ip()
+            ))?;
+            ip(&format!("-n {lattice} link set {peer} up"))?;
+            ip(&format!(
+                "-n {ns} route add 169.254.171.0/24 via {} src {}",
+                c.lattice_link_ip(),
+                c.link_ip()
+            ))?;
 
             let dir = PathBuf::from("/etc/netns").join(&ns);
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -743,12 +755,12 @@ impl Scenario {
                     self.names.netns(from),
                     to.host()
                 );
-                println!("$ curl -sS {url}");
+                let curl = ["curl", "-sS", "--max-time", "30", &url];
+                println!("$ {}", curl.join(" "));
                 let mut cmd = Command::new("ip");
                 cmd.args(["netns", "exec", &self.names.netns(from)]);
                 as_user(&mut cmd, APP_GID);
-                cmd.args(["/usr/bin/curl", "-sS", "--max-time", "30", &url])
-                    .stdin(Stdio::null());
+                cmd.args(curl).stdin(Stdio::null());
                 enter_cgroup_on_exec(&mut cmd, &self.names.cgroup(from, "app"))?;
                 let out = cmd.output().context("cannot run curl")?;
                 let mut output = String::from_utf8_lossy(&out.stdout).trim_end().to_owned();
@@ -820,7 +832,7 @@ impl Scenario {
         );
         let _ = writeln!(
             s,
-            "  {} --pin-dir {} status                  # what the redirector attached",
+            "  {} --pin-dir {} status   # what the redirector attached",
             self.settings.bins.redirector.display(),
             self.names.pin_dir().display()
         );
@@ -843,11 +855,21 @@ impl Drop for Scenario {
             "tearing down {} (processes, redirector pins, cgroups, namespaces)",
             self.names.prefix
         ));
-        if let Err(e) = teardown(&self.names, Some(&self.settings.bins.redirector)) {
-            eprintln!("warning: teardown incomplete: {e:#}");
+        match teardown(&self.names, Some(&self.settings.bins.redirector)) {
+            Ok(()) => step(&format!(
+                "torn down: no process, namespace, cgroup or pin of '{}' is left (logs stay \
+                 in {})",
+                self.names.prefix,
+                self.settings.state_dir.join("logs").display()
+            )),
+            Err(e) => eprintln!("warning: teardown incomplete: {e:#}"),
         }
         for (_, child, _) in &mut self.children {
             let _ = child.try_wait();
+        }
+        if let Some((_file, path)) = self.lock.take() {
+            // Nothing of ours is left: a run starting now may create and lock a new file.
+            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -894,15 +916,20 @@ pub fn teardown(names: &Names, redirector: Option<&Path>) -> Result<()> {
                 .arg(&pins)
                 .arg("uninstall")
                 .output();
+            // A run killed while the agent was installing leaves a partial layout that
+            // `uninstall` may refuse; removing the pins below still detaches everything.
             match out {
                 Ok(o) if o.status.success() => {}
-                Ok(o) => errors.push(format!(
-                    "{} --pin-dir {} uninstall failed: {}",
+                Ok(o) => eprintln!(
+                    "warning: {} --pin-dir {} uninstall failed ({}); removing the pins directly",
                     bin.display(),
                     pins.display(),
                     String::from_utf8_lossy(&o.stderr).trim()
-                )),
-                Err(e) => errors.push(format!("cannot run {}: {e}", bin.display())),
+                ),
+                Err(e) => eprintln!(
+                    "warning: cannot run {} ({e}); removing the pins directly",
+                    bin.display()
+                ),
             }
         }
         // Unpinning the links detaches them once no process holds them (all are stopped).
@@ -919,8 +946,21 @@ pub fn teardown(names: &Names, redirector: Option<&Path>) -> Result<()> {
         collect_dirs(&root, &mut dirs);
         dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
         for d in dirs {
-            if let Err(e) = std::fs::remove_dir(&d) {
-                errors.push(format!("removing cgroup {}: {e}", d.display()));
+            // A process that was just killed may still be leaving the cgroup (EBUSY).
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match std::fs::remove_dir(&d) {
+                    Ok(()) => break,
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(e) => {
+                        errors.push(format!("removing cgroup {}: {e}", d.display()));
+                        break;
+                    }
+                }
             }
         }
     }
@@ -928,7 +968,7 @@ pub fn teardown(names: &Names, redirector: Option<&Path>) -> Result<()> {
     // 4. Network namespaces and their files.
     for ns in names.all_netns() {
         if Path::new("/run/netns").join(&ns).exists() {
-            if let Err(e) = ip(&["netns", "delete", &ns]) {
+            if let Err(e) = ip(&format!("netns delete {ns}")) {
                 errors.push(format!("{e:#}"));
             }
         }
@@ -1078,8 +1118,9 @@ fn tail(path: &Path) -> String {
     lines[from..].join("\n")
 }
 
-fn ip(args: &[&str]) -> Result<()> {
-    run(Command::new("ip").args(args))
+/// Runs `ip` with the arguments of `line` (split on whitespace; names never contain any).
+fn ip(line: &str) -> Result<()> {
+    run(Command::new("ip").args(line.split_whitespace()))
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -1218,4 +1259,118 @@ pub fn emulator_config(names: &Names, ca_out: &Path) -> serde_json::Value {
             })).collect::<Vec<_>>(),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FileConfig;
+
+    fn names() -> Names {
+        Names {
+            prefix: "le-unit".into(),
+            cgroup2: PathBuf::from("/sys/fs/cgroup/unified"),
+        }
+    }
+
+    #[test]
+    fn the_generated_emulator_configuration_is_valid_and_says_what_the_demo_needs() {
+        let mut value = emulator_config(&names(), Path::new("/tmp/ca.pem"));
+        // The targets' namespaces exist only while the scenario runs; the loader checks them.
+        for (c, tg) in CLUSTERS.iter().zip(
+            value["emulator"]["target_groups"]
+                .as_array_mut()
+                .unwrap()
+                .iter_mut(),
+        ) {
+            let target = &mut tg["targets"][0];
+            assert_eq!(target["address"], "10.0.0.10:8090");
+            let netns = target.as_object_mut().unwrap().remove("netns").unwrap();
+            assert_eq!(netns, format!("/run/netns/le-unit-{}", c.name()));
+        }
+        let file: FileConfig = serde_json::from_value(value).expect("the emulator's file format");
+        let model = file
+            .emulator
+            .compile(None, std::time::SystemTime::now())
+            .unwrap_or_else(|e| panic!("{e}"));
+        for c in CLUSTERS {
+            let service = model
+                .service_for_host(&c.host())
+                .expect("a service per cluster");
+            assert_eq!(service.name, c.service());
+            assert!(
+                service.policy.is_some(),
+                "{} has the seed's policy",
+                c.service()
+            );
+            let vpc = model
+                .source_vpc(c.link_ip().parse().unwrap())
+                .expect("the cluster's link is in its VPC");
+            assert_eq!(vpc.id, c.vpc_id());
+            let key = model.registry.get(&c.access_key_id()).expect("agent's key");
+            assert_eq!(key.access_key_id, c.access_key_id());
+        }
+        let agents: Vec<_> = file
+            .pod_identity_agents
+            .iter()
+            .map(|a| a.netns.clone().unwrap())
+            .collect();
+        assert_eq!(
+            agents,
+            [
+                PathBuf::from("/run/netns/le-unit-cluster1"),
+                PathBuf::from("/run/netns/le-unit-cluster2")
+            ]
+        );
+    }
+
+    #[test]
+    fn names_derive_from_the_prefix() {
+        let n = names();
+        assert_eq!(
+            n.all_netns(),
+            ["le-unit-cluster1", "le-unit-cluster2", "le-unit-lattice"]
+        );
+        assert_eq!(
+            n.cgroup(CLUSTERS[1], "app"),
+            PathBuf::from("/sys/fs/cgroup/unified/le-unit/cluster2/app")
+        );
+        assert_eq!(n.pin_dir(), PathBuf::from("/sys/fs/bpf/le-unit"));
+        for bad in ["", "a/b", "../x", "has space", "x".repeat(25).as_str()] {
+            let e = Names::new(bad).unwrap_err().to_string();
+            assert!(e.contains("prefix"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_manual_command_is_the_one_the_checks_run() {
+        let n = names();
+        let line = format!(
+            "sh -c 'echo $$ > {}/cgroup.procs; exec ip netns exec {} setpriv --reuid 1000 \
+             --regid 1000 --clear-groups curl -sS http://demo-cluster2.example.com/'",
+            n.cgroup(CLUSTERS[0], "app").display(),
+            n.netns(CLUSTERS[0])
+        );
+        let scenario_line = {
+            // curl_command needs only the names: build it without a running scenario.
+            let s = Scenario {
+                names: n.clone(),
+                settings: Settings {
+                    prefix: "le-unit".into(),
+                    state_dir: PathBuf::from("/nonexistent"),
+                    bins: Binaries {
+                        redirector: PathBuf::new(),
+                        proxy: PathBuf::new(),
+                        emulator: PathBuf::new(),
+                        app: PathBuf::new(),
+                    },
+                },
+                children: Vec::new(),
+                keep: true, // nothing to tear down
+                lock: None,
+            };
+            s.curl_command(CLUSTERS[0], "http://demo-cluster2.example.com/")
+        };
+        assert_eq!(scenario_line, line);
+    }
 }

@@ -91,6 +91,8 @@ fn two_clusters_allowed_and_denied_as_the_seed() {
             denied.output
         );
     }
+    // Passed: the logs are not needed any more (on failure they stay for the message).
+    let _ = std::fs::remove_dir_all(&state_dir);
 }
 
 fn required(dir: &Path, name: &str) -> PathBuf {

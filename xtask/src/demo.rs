@@ -34,6 +34,20 @@ pub fn run(opts: &Demo) -> Result<()> {
     let target = target_dir(&cargo)?;
     let bin_dir = target.join("debug");
 
+    // What the scenario runs besides our binaries, with the Debian package providing it.
+    let missing: Vec<&str> = [
+        ("ip", "iproute2"),
+        ("setpriv", "util-linux"),
+        ("curl", "curl"),
+    ]
+    .iter()
+    .filter(|(tool, _)| !on_path(tool))
+    .map(|(_, package)| *package)
+    .collect();
+    if !missing.is_empty() {
+        setup::apt_install(&missing)?;
+    }
+
     if opts.down {
         if !bin_dir.join("lattice-demo").is_file() {
             step("building lattice-demo");
@@ -66,10 +80,9 @@ pub fn run(opts: &Demo) -> Result<()> {
 
     let demo = bin_dir.join("lattice-demo");
     let mut cmd = Command::new(&demo);
+    // Configuration and logs go to target/le-demo (lattice-demo's default).
     cmd.arg("--bin-dir")
         .arg(&bin_dir)
-        .arg("--state-dir")
-        .arg(target.join("demo"))
         .args(["--down-command", "cargo xtask demo --down"]);
     if opts.keep {
         cmd.arg("--keep");
@@ -82,6 +95,12 @@ pub fn run(opts: &Demo) -> Result<()> {
     // Replace xtask, so that Ctrl-C and the exit status belong to the demo alone.
     let err = cmd.exec();
     Err(err).with_context(|| format!("cannot run {}", demo.display()))
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
 }
 
 /// The workspace's target directory as cargo resolves it (CARGO_TARGET_DIR, config).

@@ -284,8 +284,22 @@ impl Upstream {
     /// An upstream that also answers ACM PCA's GetCertificateAuthorityCertificate with
     /// `pca_pem` as the CA certificate.
     pub async fn start_with(pca_pem: Option<String>) -> Self {
+        Self::start_inner(pca_pem, true).await
+    }
+
+    /// An upstream that offers only HTTP/1.1 by ALPN (Lattice offers both).
+    pub async fn start_http1() -> Self {
+        Self::start_inner(None, false).await
+    }
+
+    async fn start_inner(pca_pem: Option<String>, h2: bool) -> Self {
         let pca_pem = Arc::new(pca_pem);
-        let pki = TestPki::new();
+        let mut pki = TestPki::new();
+        if !h2 {
+            let mut c = (*pki.server_config).clone();
+            c.alpn_protocols = vec![b"http/1.1".to_vec()];
+            pki.server_config = Arc::new(c);
+        }
         let oracle = Arc::new(Oracle::spawn());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

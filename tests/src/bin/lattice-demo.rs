@@ -29,12 +29,13 @@ struct Args {
     #[arg(long)]
     bin_dir: Option<PathBuf>,
     /// Directory for the generated configuration, CA, tokens and logs (emptied first)
-    /// [default: <bin-dir>/../demo].
+    /// [default: BIN_DIR/../PREFIX, e.g. target/le-demo].
     #[arg(long)]
     state_dir: Option<PathBuf>,
-    /// Shown in the --keep instructions as the way to tear down.
-    #[arg(long, default_value = "lattice-demo --down", hide = true)]
-    down_command: String,
+    /// Shown in the --keep instructions as the way to tear down [default: this program
+    /// with --down].
+    #[arg(long, hide = true)]
+    down_command: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -62,8 +63,10 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     };
     if args.down {
         let names = Names::new(&args.prefix)?;
+        let (_lock, lock_path) = names.lock()?;
         eprintln!("==> tearing down '{}'", args.prefix);
         demo::teardown(&names, Some(&bin_dir.join("lattice-redirector")))?;
+        let _ = std::fs::remove_file(lock_path);
         eprintln!(
             "==> done: no namespace, cgroup or pin of '{}' is left",
             args.prefix
@@ -75,7 +78,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         None => bin_dir
             .parent()
             .context("the binary directory has no parent")?
-            .join("demo"),
+            .join(&args.prefix),
     };
     let settings = Settings {
         prefix: args.prefix.clone(),
@@ -112,7 +115,19 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     }
     if args.keep {
         println!();
-        print!("{}", scenario.manual(&args.down_command));
+        let down = match &args.down_command {
+            Some(command) => command.clone(),
+            None => {
+                let exe = std::env::current_exe().context("cannot find this program's path")?;
+                let prefix = if args.prefix == "le-demo" {
+                    String::new()
+                } else {
+                    format!(" --prefix {}", args.prefix)
+                };
+                format!("{} --down{prefix}", exe.display())
+            }
+        };
+        print!("{}", scenario.manual(&down));
         scenario.keep();
     }
     Ok(ok)

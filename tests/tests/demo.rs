@@ -29,7 +29,9 @@ fn two_clusters_allowed_and_denied_as_the_seed() {
         app: PathBuf::from(env!("CARGO_BIN_EXE_demo-app")),
     };
     let prefix = format!("le-e2e-{}", std::process::id());
-    let state_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(&prefix);
+    // Under the temporary directory: the proxies (uid 1337) must reach it even when the
+    // checkout is closed to other users.
+    let state_dir = std::env::temp_dir().join(&prefix);
     let mut scenario = Scenario::up(Settings {
         prefix,
         state_dir: state_dir.clone(),

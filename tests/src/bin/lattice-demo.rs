@@ -29,7 +29,8 @@ struct Args {
     #[arg(long)]
     bin_dir: Option<PathBuf>,
     /// Directory for the generated configuration, CA, tokens and logs (emptied first)
-    /// [default: BIN_DIR/../PREFIX, e.g. target/le-demo].
+    /// [default: BIN_DIR/../PREFIX, e.g. target/le-demo, or $TMPDIR/PREFIX when others
+    /// cannot enter BIN_DIR/..].
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Shown in the --keep instructions as the way to tear down [default: this program
@@ -75,10 +76,18 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     }
     let state_dir = match &args.state_dir {
         Some(d) => d.clone(),
-        None => bin_dir
-            .parent()
-            .context("the binary directory has no parent")?
-            .join(&args.prefix),
+        None => {
+            let target = bin_dir
+                .parent()
+                .context("the binary directory has no parent")?;
+            // The proxies (uid 1337) read their tokens there: when the build directory is
+            // closed to other users (a checkout under /root), use the temporary directory.
+            if lattice_tests::demo::reachable_by_others(target, 0o001).is_ok() {
+                target.join(&args.prefix)
+            } else {
+                std::env::temp_dir().join(&args.prefix)
+            }
+        }
     };
     let settings = Settings {
         prefix: args.prefix.clone(),

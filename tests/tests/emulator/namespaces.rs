@@ -77,10 +77,10 @@ fn serve(listener: tokio::net::TcpListener, answer: &'static str) {
 async fn same_address_in_two_namespaces_is_told_apart() {
     let (one, two) = match (Namespace::create("c1"), Namespace::create("c2")) {
         (Ok(one), Ok(two)) => (one, two),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("skipped: cannot create network namespaces (needs root and ip): {e}");
-            return;
-        }
+        (Err(e), _) | (_, Err(e)) => panic!(
+            "cannot create network namespaces: {e}; these tests need root and iproute2 \
+             (`sudo cargo xtask test`)"
+        ),
     };
     // Port 0 in the first namespace; the same port in the second, fresh, one.
     let first = netns::bind("127.0.0.1:0".parse().unwrap(), Some(&one.path()))

@@ -263,12 +263,14 @@ pub fn resolve(file: &File, over: &Overrides, cgroup_root: &Path) -> Result<Redi
                 .map(|v| ("config key exempt-gids", strings(v)))
         });
     let (mode, src, gid_strings) = match (redirect, exempt) {
-        (Some((a, _)), Some((b, _))) => return Err(bad(
-            a,
-            format!(
+        (Some((a, _)), Some((b, _))) => {
+            return Err(bad(
+                a,
+                format!(
                 "cannot be combined with {b}: choose \"redirect these GIDs\" or \"all but these\""
             ),
-        )),
+            ))
+        }
         (Some((s, v)), None) => (GidMode::Only, s, v),
         (None, Some((s, v))) => (GidMode::AllExcept, s, v),
         (None, None) => (

@@ -258,6 +258,23 @@ fn load_program(ebpf: &mut Ebpf, name: &'static str) -> Result<()> {
     }
 }
 
+/// Attaches a cgroup program through a bpf link (aya 0.14 accepts only `Single` with
+/// links; links of other programs on the cgroup coexist anyway), turns the link into an
+/// `FdLink` and pins it. A macro because aya's link wrappers share no trait for this.
+macro_rules! attach_and_pin {
+    ($prog:expr, $name:expr, $cg:expr, $cgroup:expr, $path:expr) => {{
+        let id = $prog
+            .attach($cg, CgroupAttachMode::Single)
+            .map_err(attach_err($name, $cgroup))?;
+        let link: FdLink = $prog
+            .take_link(id)
+            .map_err(attach_err($name, $cgroup))?
+            .try_into()
+            .map_err(attach_err($name, $cgroup))?;
+        link.pin($path).map_err(|e| pin_err($path)(e.to_string()))?;
+    }};
+}
+
 fn attach_generation(
     cgroup: &Path,
     layout: &Layout,
@@ -273,15 +290,7 @@ fn attach_generation(
         match name {
             programs::SOCK_OPS => {
                 let p: &mut SockOps = prog.try_into().map_err(load_err(name))?;
-                let id = p
-                    .attach(&cg, CgroupAttachMode::Single)
-                    .map_err(attach_err(name, cgroup))?;
-                let link: FdLink = p
-                    .take_link(id)
-                    .map_err(attach_err(name, cgroup))?
-                    .try_into()
-                    .map_err(attach_err(name, cgroup))?;
-                link.pin(&path).map_err(|e| pin_err(&path)(e.to_string()))?;
+                attach_and_pin!(p, name, &cg, cgroup, &path);
             }
             programs::GETSOCKOPT => {
                 // aya 0.14 cannot turn a getsockopt link into an FdLink: create it ourselves.
@@ -293,15 +302,7 @@ fn attach_generation(
             }
             _ => {
                 let p: &mut CgroupSockAddr = prog.try_into().map_err(load_err(name))?;
-                let id = p
-                    .attach(&cg, CgroupAttachMode::Single)
-                    .map_err(attach_err(name, cgroup))?;
-                let link: FdLink = p
-                    .take_link(id)
-                    .map_err(attach_err(name, cgroup))?
-                    .try_into()
-                    .map_err(attach_err(name, cgroup))?;
-                link.pin(&path).map_err(|e| pin_err(&path)(e.to_string()))?;
+                attach_and_pin!(p, name, &cg, cgroup, &path);
             }
         }
     }

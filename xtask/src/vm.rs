@@ -266,8 +266,9 @@ $R run --attach-cgroup $CG --cgroup $CG/app --admin-addr 127.0.0.1:15090 >/tmp/a
 agent=$!
 ready=FAIL
 i=0
-while [ $i -lt 240 ]; do
-    if wget -q -T 10 -O /dev/null http://127.0.0.1:15090/healthz 2>/dev/null; then ready=ok; break; fi
+while [ $i -lt 60 ]; do
+    if wget -q -T 10 -O /tmp/health http://127.0.0.1:15090/healthz 2>/tmp/health.err; then ready=ok; break; fi
+    [ $i -lt 3 ] && echo "healthz: $(cat /tmp/health /tmp/health.err)"
     kill -0 $agent 2>/dev/null || break
     sleep 0.5
     i=$((i + 1))

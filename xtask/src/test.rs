@@ -15,6 +15,10 @@ pub struct Test {
     /// Skip `cargo fmt --check` and `cargo clippy -D warnings`.
     #[arg(long)]
     pub no_lint: bool,
+    /// Skip `cargo xtask vm-test` (the redirector and its kernel tests on the EKS 6.1
+    /// kernel line, under qemu).
+    #[arg(long)]
+    pub no_vm: bool,
     /// Extra arguments passed to `cargo test` (after `--` for the test binaries use
     /// `cargo xtask test -- -- NAME`).
     #[arg(last = true)]
@@ -78,5 +82,11 @@ pub fn run(opts: &Test) -> Result<()> {
             .args(["test", "--workspace", "--no-fail-fast"])
             .args(&opts.cargo_args),
     )
-    .context("tests failed (see above)")
+    .context("tests failed (see above)")?;
+    if !opts.no_vm {
+        step("the redirector on Debian's 6.1 kernel (the EKS AL2023/Bottlerocket line), in qemu");
+        crate::vm::run(&crate::vm::VmTest::default())
+            .context("the 6.1 kernel check failed (see above); `cargo xtask vm-test` reruns it")?;
+    }
+    Ok(())
 }

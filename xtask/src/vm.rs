@@ -5,8 +5,9 @@
 //! built in, no modules needed), cached in `<cache>/vm/`. The VM boots a busybox initramfs
 //! holding `lattice-redirector` and the shared libraries it links; its `/init` runs `doctor`,
 //! then the agent and real connects from cgroups and GIDs that must and must not be
-//! redirected, and prints `RESULT` lines on the serial console, which this task parses.
-//! There is no network in the VM: everything happens on its loopback.
+//! redirected, then the whole kernel test suite (redirector/tests/kernel.rs, with iproute2's
+//! `ip` for its network namespaces), and prints `RESULT` lines on the serial console, which
+//! this task parses. There is no network in the VM: everything happens on its loopback.
 
 use crate::ebpf;
 use crate::setup::{self, step};
@@ -19,8 +20,15 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Debian packages the VM test uses (binutils for `strip`, to keep the initramfs small).
-const PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio", "binutils"];
+/// Debian packages the VM test uses (binutils for `strip`, to keep the initramfs small;
+/// iproute2 for `ip netns`, which the kernel tests use and busybox lacks).
+const PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
+    "binutils",
+    "iproute2",
+];
 
 /// The Debian metapackage that names the current 6.1 cloud kernel image.
 const DEFAULT_KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
@@ -36,6 +44,7 @@ const REQUIRED: &[(&str, Option<&str>)] = &[
     ("not-enrolled-not-redirected", Some("ok")),
     ("status-redirected", None),
     ("uninstall", Some("ok")),
+    ("after-uninstall-not-redirected", Some("ok")),
 ];
 
 /// Options of `cargo xtask vm-test`.
@@ -53,6 +62,23 @@ pub struct VmTest {
     /// qemu accelerator; KVM fails on some hosts ("emulation failure"), hence tcg.
     #[arg(long, default_value = "tcg")]
     pub accel: String,
+    /// Skip the redirector's kernel test suite (redirector/tests/kernel.rs) in the VM and
+    /// run only doctor and the busybox scenario.
+    #[arg(long)]
+    pub no_kernel_tests: bool,
+}
+
+impl Default for VmTest {
+    /// The same as `cargo xtask vm-test` with no option.
+    fn default() -> Self {
+        VmTest {
+            kernel: None,
+            kernel_package: DEFAULT_KERNEL_PACKAGE.to_string(),
+            timeout: 300,
+            accel: "tcg".to_string(),
+            no_kernel_tests: false,
+        }
+    }
 }
 
 /// Fetches the kernel, builds the agent and the initramfs, boots the VM and checks its
@@ -87,10 +113,37 @@ pub fn run(opts: &VmTest) -> Result<()> {
         agent.display()
     );
 
+    let kernel_tests = if opts.no_kernel_tests {
+        None
+    } else {
+        Some(kernel_test_binary(&root)?)
+    };
+
     let work = target.join("vm-test");
-    let initramfs = build_initramfs(&agent, &work)?;
+    let initramfs = build_initramfs(&agent, kernel_tests.as_deref(), &work)?;
     let lines = boot(opts, &kernel, &initramfs)?;
-    judge(&lines)
+    judge(&lines, !opts.no_kernel_tests)
+}
+
+/// Builds redirector/tests/kernel.rs and returns its test binary.
+fn kernel_test_binary(root: &Path) -> Result<PathBuf> {
+    step("cargo test -p lattice-redirector --test kernel --no-run");
+    let out = setup::output(
+        Command::new("cargo")
+            .current_dir(root)
+            .args(["test", "-p", "lattice-redirector", "--test", "kernel"])
+            .args(["--no-run", "--message-format=json"]),
+    )
+    .context("building the kernel tests failed; see `cargo test -p lattice-redirector --test kernel --no-run`")?;
+    // The artifact line of the test target: `..."name":"kernel",..."executable":"/…"`.
+    out.lines()
+        .filter(|l| l.contains("\"name\":\"kernel\""))
+        .find_map(|l| {
+            let at = l.find("\"executable\":\"")? + "\"executable\":\"".len();
+            let end = l[at..].find('"')?;
+            Some(PathBuf::from(&l[at..at + end]))
+        })
+        .context("cargo built the kernel tests but named no executable")
 }
 
 /// Resolves `package` to a kernel image package, downloads and unpacks it once into
@@ -242,12 +295,13 @@ fn check_config(config: &Path) -> Result<()> {
 const INIT: &str = r#"#!/bin/busybox sh
 # /init of the vm-test initramfs (PID 1): RESULT lines are what `cargo xtask vm-test` parses.
 /bin/busybox --install -s /bin
-export PATH=/bin LD_LIBRARY_PATH=@LIB_DIRS@ RUST_BACKTRACE=1
+export PATH=/sbin:/bin LD_LIBRARY_PATH=@LIB_DIRS@ RUST_BACKTRACE=1
 mount -t devtmpfs devtmpfs /dev
 exec </dev/console >/dev/console 2>&1
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t tmpfs tmpfs /tmp
+mount -t tmpfs tmpfs /run
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
@@ -267,8 +321,8 @@ agent=$!
 ready=FAIL
 i=0
 while [ $i -lt 60 ]; do
-    if wget -q -T 10 -O /tmp/health http://127.0.0.1:15090/healthz 2>/tmp/health.err; then ready=ok; break; fi
-    [ $i -lt 3 ] && echo "healthz: $(cat /tmp/health /tmp/health.err)"
+    # (Debian's busybox wget crashes with -T: `timeout` bounds it instead.)
+    if timeout 10 wget -q -O /tmp/health http://127.0.0.1:15090/healthz 2>/dev/null; then ready=ok; break; fi
     kill -0 $agent 2>/dev/null || break
     sleep 0.5
     i=$((i + 1))
@@ -314,6 +368,16 @@ wait $agent 2>/dev/null
 echo "--- lattice-redirector uninstall"
 if $R uninstall; then u=ok; else u=FAIL; fi
 echo "RESULT uninstall $u"
+probe after-uninstall $CG/app app 169.254.171.5
+expect after-uninstall-not-redirected direct
+
+if [ -x /bin/kernel-tests ]; then
+    echo "--- redirector/tests/kernel.rs"
+    if /bin/kernel-tests --test-threads=1 >/tmp/ktests 2>&1; then k=ok; else k=FAIL; fi
+    sed 's/^/KTEST /' /tmp/ktests
+    echo "RESULT kernel-tests-summary $(grep '^test result:' /tmp/ktests | tail -n 1)"
+    echo "RESULT kernel-tests $k"
+fi
 sed 's/^/AGENT /' /tmp/agent.log
 echo "RESULT done"
 sync
@@ -324,7 +388,7 @@ const GROUP: &str = "root:x:0:\napp:x:1000:\n";
 
 /// Lays out busybox, the agent (stripped), the libraries it links, `/init`, and packs them
 /// with cpio into `<work>/initramfs.cpio`.
-fn build_initramfs(agent: &Path, work: &Path) -> Result<PathBuf> {
+fn build_initramfs(agent: &Path, kernel_tests: Option<&Path>, work: &Path) -> Result<PathBuf> {
     step("building the busybox initramfs");
     let tree = work.join("root");
     let _ = std::fs::remove_dir_all(&tree);
@@ -348,20 +412,37 @@ fn build_initramfs(agent: &Path, work: &Path) -> Result<PathBuf> {
     }
     copy_executable(busybox, &tree.join("bin/busybox"))?;
 
-    let dest = tree.join("bin/lattice-redirector");
-    let stripped = Command::new("strip")
-        .arg("-o")
-        .arg(&dest)
-        .arg(agent)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !stripped {
-        step("strip failed or is missing (binutils): copying the agent unstripped");
-        copy_executable(agent, &dest)?;
+    strip_into(agent, &tree.join("bin/lattice-redirector"))?;
+
+    let mut binaries = vec![agent.to_path_buf()];
+    if let Some(tests) = kernel_tests {
+        // The tests start the agent by its build path (CARGO_BIN_EXE_lattice-redirector).
+        let link = tree.join(agent.strip_prefix("/").unwrap_or(agent));
+        std::fs::create_dir_all(link.parent().expect("a file has a parent"))?;
+        std::os::unix::fs::symlink("/bin/lattice-redirector", &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+        strip_into(tests, &tree.join("bin/kernel-tests"))?;
+        binaries.push(tests.to_path_buf());
+        let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+            .iter()
+            .map(Path::new)
+            .find(|p| p.is_file())
+            .context("no `ip` binary: install it with `apt-get install iproute2`")?;
+        std::fs::create_dir_all(tree.join("sbin"))?;
+        copy_executable(ip, &tree.join("sbin/ip"))?;
+        binaries.push(ip.to_path_buf());
     }
 
+    let mut libs: Vec<PathBuf> = Vec::new();
+    for binary in &binaries {
+        for lib in shared_libraries(binary)? {
+            if !libs.contains(&lib) {
+                libs.push(lib);
+            }
+        }
+    }
     let mut lib_dirs: Vec<String> = Vec::new();
-    for lib in shared_libraries(agent)? {
+    for lib in libs {
         let inside = tree.join(lib.strip_prefix("/").unwrap_or(&lib));
         if let Some(parent) = inside.parent() {
             std::fs::create_dir_all(parent)?;
@@ -430,6 +511,24 @@ fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
     Ok(libs)
 }
 
+/// Copies `from` to `to` without debug information (the debug build is ~90 MB).
+fn strip_into(from: &Path, to: &Path) -> Result<()> {
+    let stripped = Command::new("strip")
+        .arg("-o")
+        .arg(to)
+        .arg(from)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped {
+        step(&format!(
+            "strip failed or is missing (binutils): copying {} unstripped",
+            from.display()
+        ));
+        copy_executable(from, to)?;
+    }
+    Ok(())
+}
+
 fn copy_executable(from: &Path, to: &Path) -> Result<()> {
     std::fs::copy(from, to)
         .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
@@ -489,9 +588,8 @@ fn boot(opts: &VmTest, kernel: &Path, initramfs: &Path) -> Result<Vec<String>> {
             .map(|n| n > 0)
             .unwrap_or(false)
         {
-            let line = String::from_utf8_lossy(&buf)
-                .trim_end_matches(['\r', '\n'])
-                .to_string();
+            let line =
+                without_escapes(String::from_utf8_lossy(&buf).trim_end_matches(['\r', '\n']));
             buf.clear();
             eprintln!("  vm| {line}");
             if tx.send(line).is_err() {
@@ -534,7 +632,7 @@ fn boot(opts: &VmTest, kernel: &Path, initramfs: &Path) -> Result<Vec<String>> {
             summary_hint(&lines)
         );
     }
-    if lines.iter().all(|l| !l.starts_with("RESULT ")) {
+    if lines.iter().all(|l| marked(l, "RESULT ").is_none()) {
         bail!(
             "the VM reported nothing (qemu exited with {status}){}{}",
             if errors.trim().is_empty() {
@@ -548,6 +646,34 @@ fn boot(opts: &VmTest, kernel: &Path, initramfs: &Path) -> Result<Vec<String>> {
     Ok(lines)
 }
 
+/// `line` without terminal escape sequences (the firmware clears the screen) and control
+/// characters.
+fn without_escapes(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte; other escapes are two characters.
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+        } else if !c.is_control() || c == '\t' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// What follows `marker` in a console line (the firmware's terminal escapes may precede it).
+fn marked<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    line.find(marker)
+        .map(|at| line[at + marker.len()..].trim_end())
+}
+
 fn summary_hint(lines: &[String]) -> String {
     match lines.iter().rev().find(|l| !l.trim().is_empty()) {
         Some(last) => format!("; the console's last line: {last}"),
@@ -556,10 +682,10 @@ fn summary_hint(lines: &[String]) -> String {
 }
 
 /// Prints the kernel, doctor's lines and the results; fails unless every check passed.
-fn judge(lines: &[String]) -> Result<()> {
+fn judge(lines: &[String], kernel_tests: bool) -> Result<()> {
     let mut results: BTreeMap<&str, &str> = BTreeMap::new();
     for line in lines {
-        if let Some(rest) = line.trim().strip_prefix("RESULT ") {
+        if let Some(rest) = marked(line, "RESULT ") {
             let (name, value) = rest.split_once(' ').unwrap_or((rest, ""));
             results.insert(name, value.trim());
         }
@@ -571,12 +697,22 @@ fn judge(lines: &[String]) -> Result<()> {
     );
     println!("doctor:");
     for line in lines {
-        if let Some(rest) = line.strip_prefix("DOCTOR ") {
+        if let Some(rest) = marked(line, "DOCTOR ") {
             println!("  {rest}");
         }
     }
+    if let Some(summary) = results.get("kernel-tests-summary") {
+        println!("kernel tests (redirector/tests/kernel.rs): {summary}");
+        for line in lines {
+            if let Some(rest) = marked(line, "KTEST test ").filter(|r| r.contains(" ... ")) {
+                println!("  {rest}");
+            }
+        }
+    }
     let mut failed = Vec::new();
-    for (name, want) in REQUIRED {
+    let suite = [("kernel-tests", Some("ok"))];
+    let extra: &[(&str, Option<&str>)] = if kernel_tests { &suite } else { &[] };
+    for (name, want) in REQUIRED.iter().chain(extra) {
         let got = results.get(name).copied();
         let ok = match (want, got) {
             (Some(want), Some(got)) => got == *want,
@@ -584,7 +720,7 @@ fn judge(lines: &[String]) -> Result<()> {
             (_, None) => false,
         };
         println!(
-            "RESULT {:<28} {:<4} {}",
+            "RESULT {:<30} {:<4} {}",
             name,
             if ok { "ok" } else { "FAIL" },
             got.unwrap_or("(not reported)")

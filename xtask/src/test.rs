@@ -76,17 +76,69 @@ pub fn run(opts: &Test) -> Result<()> {
             .args(["build", "--workspace", "--bins"]),
     )?;
     step("cargo test --workspace (kernel tests need root: running as root)");
-    setup::run(
-        Command::new("cargo")
-            .current_dir(&root)
-            .args(["test", "--workspace", "--no-fail-fast"])
-            .args(&opts.cargo_args),
-    )
-    .context("tests failed (see above)")?;
+    let totals = cargo_test(&root, &opts.cargo_args)?;
+    if totals.failed > 0 {
+        println!(
+            "total: {} passed, {} failed, {} skipped",
+            totals.passed, totals.failed, totals.ignored
+        );
+        anyhow::bail!("{} test(s) failed (see above)", totals.failed);
+    }
     if !opts.no_vm {
         step("the redirector on Debian's 6.1 kernel (the EKS AL2023/Bottlerocket line), in qemu");
         crate::vm::run(&crate::vm::VmTest::default())
             .context("the 6.1 kernel check failed (see above); `cargo xtask vm-test` reruns it")?;
     }
+    // One closing line over every test binary (the last cargo line is often a doc-test
+    // binary with nothing in it).
+    println!(
+        "total: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
     Ok(())
+}
+
+/// Sums of the `test result:` lines of a cargo test run.
+#[derive(Debug, Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+/// Runs `cargo test --workspace`, passing its output through, and adds up the results.
+fn cargo_test(root: &std::path::Path, extra: &[String]) -> Result<Totals> {
+    use std::io::BufRead;
+    let mut child = Command::new("cargo")
+        .current_dir(root)
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("could not start cargo test")?;
+    let mut totals = Totals::default();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.trim().strip_prefix("test result: ") {
+            for part in rest.split([';', '.']) {
+                let mut words = part.split_whitespace();
+                if let (Some(n), Some(what)) = (words.next(), words.next()) {
+                    let n: u64 = n.parse().unwrap_or(0);
+                    match what {
+                        "passed" => totals.passed += n,
+                        "failed" => totals.failed += n,
+                        "ignored" => totals.ignored += n,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && totals.failed == 0 {
+        anyhow::bail!("cargo test failed with {status} (a build error? see above)");
+    }
+    Ok(totals)
 }

@@ -172,6 +172,11 @@ fn run_case(env: &Env, case: &str, count: u32) -> Result<(Vec<u64>, u64)> {
         "iptables" => (env.cg_plain.clone(), "169.254.171.5:80"),
         _ => (env.cg_plain.clone(), "127.0.0.1:15001"),
     };
+    // Start each run from an empty table (entries of the previous round would otherwise be
+    // reused for the same port tuples and hide what this run creates).
+    let _ = Command::new("ip")
+        .args(["netns", "exec", &ns, "conntrack", "-F"])
+        .output();
     let before = conntrack_count(&ns);
     let netns_file = std::fs::File::open(Path::new("/run/netns").join(&ns))?;
     let netns_fd = netns_file.as_raw_fd();

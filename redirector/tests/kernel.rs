@@ -473,3 +473,58 @@ fn bad_input_is_named_and_leaves_nothing_attached() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_new_object_is_attached_before_the_old_generation_goes() {
+    let sb = Sandbox::new("upgrade");
+    let mut agent = sb.agent(&[]);
+    agent.wait_for("attached and pinned programs", Duration::from_secs(1));
+    agent.kill9();
+    let mut p = proxy(&sb, "127.0.0.1", 2);
+    assert_eq!(
+        sb.connect(&sb.app, APP, LATTICE_V4, 80),
+        "connected peer=169.254.171.5:80 got=hello"
+    );
+    assert_eq!(p.line(), "accepted orig=169.254.171.5:80");
+
+    // Make the pinned generation look like one of another object (an older agent's).
+    let links = sb.pins.join("links");
+    let current = std::fs::read_dir(&links)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let name = current.file_name().unwrap().to_str().unwrap().to_string();
+    let (_, cgroup) = name.split_once('-').unwrap();
+    let old = links.join(format!("0000000000000000-{cgroup}"));
+    std::fs::rename(&current, &old).unwrap();
+    let before = counters(&sb);
+    assert!(before.contains("generation 0000000000000000-"), "{before}");
+
+    let mut agent = sb.agent(&[]);
+    // Not adopted: attached afresh, then the old generation was removed.
+    agent.wait_for("attached and pinned programs", Duration::from_secs(1));
+    let after = counters(&sb);
+    assert_eq!(after.matches("attached: generation").count(), 1, "{after}");
+    assert!(after.contains(&format!("generation {name}")), "{after}");
+    assert!(!old.exists(), "the old generation's pins are left");
+    let link_ids = |s: &str| {
+        s.lines()
+            .filter(|l| l.contains(" link "))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_ne!(
+        link_ids(&before),
+        link_ids(&after),
+        "no new links were attached"
+    );
+    // The maps carried over: the counter keeps the connect made under the old generation.
+    assert_eq!(
+        sb.connect(&sb.app, APP, LATTICE_V4, 80),
+        "connected peer=169.254.171.5:80 got=hello"
+    );
+    assert_eq!(p.line(), "accepted orig=169.254.171.5:80");
+    assert_eq!(counter(&counters(&sb), "redirected"), 2);
+}

@@ -312,6 +312,14 @@ pub fn le_getsockopt(ctx: SockoptContext) -> i32 {
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn le_getpeername4(ctx: SockAddrContext) -> i32 {
+    // accept() runs this hook too, for every socket of the cgroup: only a socket whose peer
+    // is the proxy can be a redirected one, so the others skip the cookie lookup.
+    let Ok(cfg) = config() else {
+        return ALLOW;
+    };
+    if ctx::user_ip4(&ctx) != cfg.proxy_v4 || ctx::user_port(&ctx) != cfg.proxy_port {
+        return ALLOW;
+    }
     // SAFETY: the context is a valid bpf_sock_addr with a socket.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: the value is copied out at once.
@@ -329,6 +337,16 @@ pub fn le_getpeername4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn le_getpeername6(ctx: SockAddrContext) -> i32 {
+    // As for IPv4: only a peer that is the proxy (IPv6, or v4-mapped) can be redirected.
+    let Ok(cfg) = config() else {
+        return ALLOW;
+    };
+    let peer = ctx::user_ip6(&ctx);
+    if ctx::user_port(&ctx) != cfg.proxy_port
+        || (peer != cfg.proxy_v6 && peer != ctx::map_v4(cfg.proxy_v4))
+    {
+        return ALLOW;
+    }
     // SAFETY: the context is a valid bpf_sock_addr with a socket.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: the value is copied out at once.

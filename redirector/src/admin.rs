@@ -25,8 +25,6 @@ pub struct Shared {
     pub maps: Mutex<Maps>,
     /// The link generation in use (its pins must stay complete).
     pub generation: PathBuf,
-    /// Whether the generation was adopted at start.
-    pub adopted: bool,
     /// Configuration reloads that applied.
     pub reloads_ok: AtomicU64,
     /// Configuration reloads refused (the previous configuration stays).

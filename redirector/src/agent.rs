@@ -151,7 +151,6 @@ pub async fn run(opts: Options) -> Result<()> {
     let shared = Arc::new(Shared {
         maps: std::sync::Mutex::new(maps),
         generation: inst.generation.clone(),
-        adopted: inst.adopted,
         reloads_ok: Default::default(),
         reloads_failed: Default::default(),
     });

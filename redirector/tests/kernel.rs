@@ -92,6 +92,32 @@ fn proxy(sb: &Sandbox, addr: &str, n: u32) -> support::Probe {
     p
 }
 
+/// Connects from `cgroup` as `gid` to `addr:port` and checks both views of a redirect: the
+/// app sees `addr:port` as its peer, and the proxy recovers it as the original destination
+/// (in IPv4 form for a v4-mapped address).
+fn expect_redirect(
+    sb: &Sandbox,
+    proxy: &mut support::Probe,
+    cgroup: &std::path::Path,
+    gid: u32,
+    addr: &str,
+    port: u16,
+) {
+    let ip: IpAddr = addr.parse().unwrap();
+    let shown = SocketAddr::new(ip, port);
+    let orig = match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(shown, |v4| SocketAddr::new(v4.into(), port)),
+        IpAddr::V4(_) => shown,
+    };
+    assert_eq!(
+        sb.connect(cgroup, gid, addr, port),
+        format!("connected peer={shown} got=hello")
+    );
+    assert_eq!(proxy.line(), format!("accepted orig={orig}"));
+}
+
 fn unreachable(result: &str) -> bool {
     // Inside the test netns only loopback exists: a connect that is not redirected to the
     // proxy finds no route (the Lattice range is never reachable from here).
@@ -182,11 +208,7 @@ fn leaves_other_gids_cgroups_ports_and_addresses_alone() {
 
     // The same app, GID and destination is redirected: the cases above differ only in the
     // one property each checks.
-    assert_eq!(
-        sb.connect(&sb.app, APP, LATTICE_V4, 80),
-        "connected peer=169.254.171.5:80 got=hello"
-    );
-    assert_eq!(proxy.line(), "accepted orig=169.254.171.5:80");
+    expect_redirect(&sb, &mut proxy, &sb.app, APP, LATTICE_V4, 80);
 }
 
 #[test]
@@ -200,11 +222,7 @@ fn exempt_mode_redirects_all_gids_but_the_listed_ones() {
     );
     let mut proxy = proxy(&sb, "127.0.0.1", 1);
     assert!(unreachable(&sb.connect(&sb.app, 0, LATTICE_V4, 80)));
-    assert_eq!(
-        sb.connect(&sb.app, 2000, LATTICE_V4, 80),
-        "connected peer=169.254.171.5:80 got=hello"
-    );
-    assert_eq!(proxy.line(), "accepted orig=169.254.171.5:80");
+    expect_redirect(&sb, &mut proxy, &sb.app, 2000, LATTICE_V4, 80);
 }
 
 #[test]
@@ -213,20 +231,12 @@ fn redirects_ipv6_and_v4_mapped_destinations() {
     let _agent = sb.agent(&[]);
 
     let mut proxy6 = proxy(&sb, "::1", 1);
-    assert_eq!(
-        sb.connect(&sb.app, APP, LATTICE_V6, 80),
-        "connected peer=[fd00:ec2:80::5]:80 got=hello"
-    );
-    assert_eq!(proxy6.line(), "accepted orig=[fd00:ec2:80::5]:80");
+    expect_redirect(&sb, &mut proxy6, &sb.app, APP, LATTICE_V6, 80);
     drop(proxy6);
 
     // A dual-stack socket to ::ffff:169.254.171.9 goes through connect6 but is IPv4.
     let mut proxy4 = proxy(&sb, "127.0.0.1", 1);
-    assert_eq!(
-        sb.connect(&sb.app, APP, "::ffff:169.254.171.9", 80),
-        "connected peer=[::ffff:169.254.171.9]:80 got=hello"
-    );
-    assert_eq!(proxy4.line(), "accepted orig=169.254.171.9:80");
+    expect_redirect(&sb, &mut proxy4, &sb.app, APP, "::ffff:169.254.171.9", 80);
     assert!(unreachable(&sb.connect(&sb.app, APP, "fd00:ec2:81::5", 80)));
 }
 
@@ -239,11 +249,7 @@ fn pins_survive_kill_9_are_adopted_and_uninstall_removes_them() {
 
     // No agent: redirection goes on.
     let mut p = proxy(&sb, "127.0.0.1", 2);
-    assert_eq!(
-        sb.connect(&sb.app, APP, LATTICE_V4, 80),
-        "connected peer=169.254.171.5:80 got=hello"
-    );
-    assert_eq!(p.line(), "accepted orig=169.254.171.5:80");
+    expect_redirect(&sb, &mut p, &sb.app, APP, LATTICE_V4, 80);
 
     // A new agent adopts the pins instead of attaching again.
     let mut agent = sb.agent(&[]);
@@ -254,11 +260,7 @@ fn pins_survive_kill_9_are_adopted_and_uninstall_removes_them() {
         1,
         "{status}"
     );
-    assert_eq!(
-        sb.connect(&sb.app, APP, LATTICE_V4, 80),
-        "connected peer=169.254.171.5:80 got=hello"
-    );
-    assert_eq!(p.line(), "accepted orig=169.254.171.5:80");
+    expect_redirect(&sb, &mut p, &sb.app, APP, LATTICE_V4, 80);
 
     // SIGTERM (a rollout) does not detach either.
     assert!(agent.terminate().success());
@@ -294,11 +296,7 @@ fn configuration_changes_reach_new_connections_without_reattaching() {
     std::fs::write(&file, "ports = [80, 8080]\n").unwrap();
     agent.signal(libc::SIGHUP);
     agent.wait_for("configuration applied", Duration::from_secs(5));
-    assert_eq!(
-        sb.connect(&sb.app, APP, LATTICE_V4, 8080),
-        "connected peer=169.254.171.5:8080 got=hello"
-    );
-    assert_eq!(p.line(), "accepted orig=169.254.171.5:8080");
+    expect_redirect(&sb, &mut p, &sb.app, APP, LATTICE_V4, 8080);
 
     // A bad file is refused and the previous configuration stays.
     std::fs::write(&file, "ports = [80, 99999]\n").unwrap();
@@ -333,11 +331,7 @@ fn enroll_and_unenroll_commands_act_on_the_live_installation() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        sb.connect(&sb.other, APP, LATTICE_V4, 80),
-        "connected peer=169.254.171.5:80 got=hello"
-    );
-    assert_eq!(p.line(), "accepted orig=169.254.171.5:80");
+    expect_redirect(&sb, &mut p, &sb.other, APP, LATTICE_V4, 80);
     assert!(counters(&sb).contains("command"));
 
     let out = sb.command(&["unenroll", sb.other.to_str().unwrap()]);
@@ -361,11 +355,7 @@ fn closed_connections_leave_no_entries_and_metrics_report() {
     let n = 20;
     let mut p = proxy(&sb, "127.0.0.1", n);
     for _ in 0..n {
-        assert_eq!(
-            sb.connect(&sb.app, APP, LATTICE_V4, 80),
-            "connected peer=169.254.171.5:80 got=hello"
-        );
-        assert_eq!(p.line(), "accepted orig=169.254.171.5:80");
+        expect_redirect(&sb, &mut p, &sb.app, APP, LATTICE_V4, 80);
     }
     drop(p);
     // Both ends are closed now; the sock_ops program removed the entries at TCP_CLOSE.
@@ -481,11 +471,7 @@ fn a_new_object_is_attached_before_the_old_generation_goes() {
     agent.wait_for("attached and pinned programs", Duration::from_secs(1));
     agent.kill9();
     let mut p = proxy(&sb, "127.0.0.1", 2);
-    assert_eq!(
-        sb.connect(&sb.app, APP, LATTICE_V4, 80),
-        "connected peer=169.254.171.5:80 got=hello"
-    );
-    assert_eq!(p.line(), "accepted orig=169.254.171.5:80");
+    expect_redirect(&sb, &mut p, &sb.app, APP, LATTICE_V4, 80);
 
     // Make the pinned generation look like one of another object (an older agent's).
     let links = sb.pins.join("links");
@@ -521,10 +507,6 @@ fn a_new_object_is_attached_before_the_old_generation_goes() {
         "no new links were attached"
     );
     // The maps carried over: the counter keeps the connect made under the old generation.
-    assert_eq!(
-        sb.connect(&sb.app, APP, LATTICE_V4, 80),
-        "connected peer=169.254.171.5:80 got=hello"
-    );
-    assert_eq!(p.line(), "accepted orig=169.254.171.5:80");
+    expect_redirect(&sb, &mut p, &sb.app, APP, LATTICE_V4, 80);
     assert_eq!(counter(&counters(&sb), "redirected"), 2);
 }

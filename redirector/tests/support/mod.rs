@@ -32,31 +32,6 @@ pub fn require_root() {
     }
 }
 
-fn cgroup2() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .expect("no cgroup2 mount: the kernel tests need cgroup v2")
-}
-
-fn ensure_bpffs() {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    if !mounts.lines().any(|l| {
-        l.split_whitespace().nth(1) == Some("/sys/fs/bpf")
-            && l.split_whitespace().nth(2) == Some("bpf")
-    }) {
-        let st = Command::new("mount")
-            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
-            .status()
-            .unwrap();
-        assert!(st.success(), "mounting bpffs at /sys/fs/bpf failed");
-    }
-}
-
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
@@ -90,13 +65,16 @@ pub struct Sandbox {
 impl Sandbox {
     pub fn new(tag: &str) -> Sandbox {
         require_root();
-        ensure_bpffs();
+        // The agent's own host discovery: the same code the tests exercise.
+        lattice_redirector::host::ensure_bpffs(Path::new("/sys/fs/bpf"))
+            .unwrap_or_else(|e| panic!("{e}"));
         let name = format!(
             "le-{tag}-{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let cgroup2 = cgroup2();
+        let cgroup2 = lattice_redirector::host::cgroup2_mount()
+            .unwrap_or_else(|e| panic!("the kernel tests need cgroup v2: {e}"));
         let root = cgroup2.join(&name);
         let probe_dir = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(&probe_dir).unwrap();

@@ -21,11 +21,10 @@ async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
     }
 }
 
-#[tokio::test]
-async fn env_credentials_sign_requests() {
-    let up = Upstream::start().await;
+/// Starts the proxy binary with static credentials in the environment and waits for /readyz.
+async fn spawn_ready(up: &Upstream, args: &[&str]) -> ProxyProcess {
     let p = ProxyProcess::spawn(
-        &child_args(&up, &[]),
+        &child_args(up, args),
         &[
             ("AWS_ACCESS_KEY_ID", AKID.to_string()),
             ("AWS_SECRET_ACCESS_KEY", secret_for(AKID)),
@@ -36,6 +35,13 @@ async fn env_credentials_sign_requests() {
         admin_get(p.admin, "/readyz").await.0 == StatusCode::OK
     })
     .await;
+    p
+}
+
+#[tokio::test]
+async fn env_credentials_sign_requests() {
+    let up = Upstream::start().await;
+    let p = spawn_ready(&up, &[]).await;
     let (status, _, body) = send(p.proxy, "GET", HOST, "/env", b"").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(up.seen()[0].access_key, AKID);
@@ -116,18 +122,7 @@ async fn pod_identity_credentials_are_refreshed_before_expiry() {
 async fn streams_100_mib_each_way_in_flat_memory() {
     const SIZE: u64 = 100 * 1024 * 1024;
     let up = Upstream::start().await;
-    let p = ProxyProcess::spawn(
-        &child_args(&up, &[]),
-        &[
-            ("AWS_ACCESS_KEY_ID", AKID.to_string()),
-            ("AWS_SECRET_ACCESS_KEY", secret_for(AKID)),
-            ("AWS_SESSION_TOKEN", token_for(AKID)),
-        ],
-    );
-    eventually("ready", async || {
-        admin_get(p.admin, "/readyz").await.0 == StatusCode::OK
-    })
-    .await;
+    let p = spawn_ready(&up, &[]).await;
     // Warm up so the pool, TLS session and buffers exist before the baseline.
     let (status, _, _) = send(p.proxy, "POST", HOST, "/count", &[0u8; 70_000]).await;
     assert_eq!(status, StatusCode::OK);
@@ -176,18 +171,7 @@ async fn streams_100_mib_each_way_in_flat_memory() {
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests() {
     let up = Upstream::start().await;
-    let mut p = ProxyProcess::spawn(
-        &child_args(&up, &["--drain-timeout", "30s"]),
-        &[
-            ("AWS_ACCESS_KEY_ID", AKID.to_string()),
-            ("AWS_SECRET_ACCESS_KEY", secret_for(AKID)),
-            ("AWS_SESSION_TOKEN", token_for(AKID)),
-        ],
-    );
-    eventually("ready", async || {
-        admin_get(p.admin, "/readyz").await.0 == StatusCode::OK
-    })
-    .await;
+    let mut p = spawn_ready(&up, &["--drain-timeout", "30s"]).await;
     // A request whose body is still arriving when SIGTERM comes.
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     let req = Request::builder()

@@ -10,6 +10,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::pool::PooledBody;
+
 /// Boxed error type of [`ProxyBody`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -20,6 +22,8 @@ pub enum ProxyBody {
     Incoming(Incoming),
     /// A body held in memory.
     Full(Full<Bytes>),
+    /// A response streamed from a pooled HTTP/1.1 upstream connection.
+    Pooled(PooledBody),
 }
 
 impl ProxyBody {
@@ -53,6 +57,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
+            ProxyBody::Pooled(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -60,6 +65,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Incoming(body) => body.is_end_stream(),
             ProxyBody::Full(body) => body.is_end_stream(),
+            ProxyBody::Pooled(body) => body.is_end_stream(),
         }
     }
 
@@ -67,6 +73,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Incoming(body) => body.size_hint(),
             ProxyBody::Full(body) => body.size_hint(),
+            ProxyBody::Pooled(body) => body.size_hint(),
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod error;
 pub mod metrics;
 pub mod orig_dst;
 pub mod pca;
+pub mod pool;
 pub mod proxy;
 pub mod server;
 pub mod sign;

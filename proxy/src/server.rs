@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::credentials::CredentialsCache;
 use crate::metrics::Metrics;
 use crate::orig_dst;
+use crate::pool::Pool;
 use crate::proxy::{ConnInfo, Proxy};
 use crate::sign::Signer;
 use crate::upstream::{self, Connector, TlsConfigError};
@@ -290,12 +291,16 @@ async fn serve(
 ) {
     let config = &shared.config;
     let connector = Connector::new(&config.upstream, shared.tls.clone(), shared.metrics.clone());
-    let client = upstream::client(&config.upstream, connector);
+    let pool = Pool::new(
+        connector,
+        config.upstream.pool_idle_timeout,
+        config.upstream.pool_max_idle_per_host,
+    );
     let proxy = Arc::new(Proxy::new(
         config.allow.clone(),
         shared.signer.clone(),
         shared.credentials.clone(),
-        client,
+        pool,
         config.upstream.port,
         config.upstream.response_timeout,
         config.strip_headers.clone(),

@@ -111,7 +111,16 @@ struct CachedKey {
     date: String,
     /// HMAC key (SigV4) or P-256 private scalar (SigV4A), 32 bytes either way.
     key: [u8; 32],
+    /// `<algorithm> Credential=<key id>/<scope>, SignedHeaders=`: the fixed start of the
+    /// Authorization value for this key and day.
+    auth_prefix: String,
 }
+
+/// Header names the signer writes, parsed once.
+const X_AMZ_DATE: HeaderName = HeaderName::from_static("x-amz-date");
+const X_AMZ_CONTENT_SHA256: HeaderName = HeaderName::from_static("x-amz-content-sha256");
+const X_AMZ_SECURITY_TOKEN: HeaderName = HeaderName::from_static("x-amz-security-token");
+const X_AMZ_REGION_SET: HeaderName = HeaderName::from_static("x-amz-region-set");
 
 /// Signs requests for one region and signing name.
 pub struct Signer {
@@ -176,24 +185,35 @@ impl Signer {
     }
 
     /// The signing key for these credentials (and, for SigV4, today), derived at most once.
+    /// The credential scope of a request made on `date` (`YYYYMMDD`).
+    fn scope(&self, date: &str) -> String {
+        match &self.algorithm {
+            Algorithm::V4 => format!("{date}/{}/{}/aws4_request", self.region, self.name),
+            // SigV4A scopes have no region: the region set is a signed header instead.
+            Algorithm::V4a { .. } => format!("{date}/{}/aws4_request", self.name),
+        }
+    }
+
+    /// The key (and Authorization prefix) for these credentials on `date`; derived once per
+    /// credentials and day (the SigV4A key does not depend on the day, but its scope does).
     fn signing_key(&self, creds: &Credentials, date: &str, time: SystemTime) -> Arc<CachedKey> {
-        let date = match self.algorithm {
-            Algorithm::V4 => date,
-            Algorithm::V4a { .. } => "",
-        };
+        let mut same_creds = None;
         if let Ok(guard) = self.key.read() {
             if let Some(k) = guard.as_ref() {
-                if k.date == date
-                    && k.access_key_id == creds.access_key_id()
-                    && k.secret == creds.secret_access_key()
+                if k.access_key_id == creds.access_key_id() && k.secret == creds.secret_access_key()
                 {
-                    return k.clone();
+                    if k.date == date {
+                        return k.clone();
+                    }
+                    same_creds = Some(k.key);
                 }
             }
         }
         let mut key = [0u8; 32];
-        match self.algorithm {
-            Algorithm::V4 => {
+        match (&self.algorithm, same_creds) {
+            // The KDF loops HMACs and compares 256-bit integers: once per credentials.
+            (Algorithm::V4a { .. }, Some(derived)) => key = derived,
+            (Algorithm::V4, _) => {
                 let derived = v4::generate_signing_key(
                     creds.secret_access_key(),
                     time,
@@ -202,18 +222,26 @@ impl Signer {
                 );
                 key.copy_from_slice(derived.as_ref());
             }
-            Algorithm::V4a { .. } => {
-                // The KDF loops HMACs and compares 256-bit integers: well worth caching.
+            (Algorithm::V4a { .. }, None) => {
                 let derived =
                     v4a::generate_signing_key(creds.access_key_id(), creds.secret_access_key());
                 key.copy_from_slice(derived.as_ref());
             }
         }
+        let algorithm = match self.algorithm {
+            Algorithm::V4 => ALGORITHM_V4,
+            Algorithm::V4a { .. } => ALGORITHM_V4A,
+        };
         let k = Arc::new(CachedKey {
             access_key_id: creds.access_key_id().to_owned(),
             secret: creds.secret_access_key().to_owned(),
             date: date.to_owned(),
             key,
+            auth_prefix: format!(
+                "{algorithm} Credential={}/{}, SignedHeaders=",
+                creds.access_key_id(),
+                self.scope(date)
+            ),
         });
         if let Ok(mut guard) = self.key.write() {
             *guard = Some(k.clone());
@@ -292,18 +320,16 @@ impl Signer {
         creq.push('\n');
         creq.push_str(&payload);
 
-        let (algorithm, scope) = match &self.algorithm {
-            Algorithm::V4 => (
-                ALGORITHM_V4,
-                format!("{date}/{}/{}/aws4_request", self.region, self.name),
-            ),
-            // SigV4A scopes have no region: the region set is a signed header instead.
-            Algorithm::V4a { .. } => (ALGORITHM_V4A, format!("{date}/{}/aws4_request", self.name)),
+        let algorithm = match &self.algorithm {
+            Algorithm::V4 => ALGORITHM_V4,
+            Algorithm::V4a { .. } => ALGORITHM_V4A,
         };
-        let sts = format!(
-            "{algorithm}\n{amz_date}\n{scope}\n{}",
-            hex(&Sha256::digest(creq.as_bytes()))
-        );
+        let scope = self.scope(date);
+        let creq_hash = hex(&Sha256::digest(creq.as_bytes()));
+        let mut sts = String::with_capacity(algorithm.len() + amz_date.len() + scope.len() + 67);
+        for part in [algorithm, "\n", &amz_date, "\n", &scope, "\n", &creq_hash] {
+            sts.push_str(part);
+        }
         let key = self.signing_key(creds, date, time);
         let signature = match self.algorithm {
             Algorithm::V4 => v4::calculate_signature(key.key, sts.as_bytes()),
@@ -317,22 +343,29 @@ impl Signer {
             );
         }
 
-        let authorization = format!(
-            "{algorithm} Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
-            creds.access_key_id()
+        let mut authorization = String::with_capacity(
+            key.auth_prefix.len() + signed_headers.len() + 12 + signature.len(),
         );
+        for part in [
+            key.auth_prefix.as_str(),
+            &signed_headers,
+            ", Signature=",
+            &signature,
+        ] {
+            authorization.push_str(part);
+        }
         let mut auth = HeaderValue::try_from(authorization)
             .map_err(|_| SignError::InvalidHeader("authorization"))?;
         // The signature is not a secret, but keep it out of Debug output and HPACK tables.
         auth.set_sensitive(true);
         headers.insert(http::header::AUTHORIZATION, auth);
         headers.insert(
-            "x-amz-date",
+            X_AMZ_DATE,
             HeaderValue::try_from(amz_date.as_str())
                 .map_err(|_| SignError::InvalidHeader("x-amz-date"))?,
         );
         headers.insert(
-            "x-amz-content-sha256",
+            X_AMZ_CONTENT_SHA256,
             HeaderValue::try_from(payload.as_ref())
                 .map_err(|_| SignError::InvalidHeader("x-amz-content-sha256"))?,
         );
@@ -340,11 +373,11 @@ impl Signer {
             let mut v = HeaderValue::try_from(token)
                 .map_err(|_| SignError::InvalidHeader("x-amz-security-token"))?;
             v.set_sensitive(true);
-            headers.insert("x-amz-security-token", v);
+            headers.insert(X_AMZ_SECURITY_TOKEN, v);
         }
         if let Algorithm::V4a { region_set } = &self.algorithm {
             headers.insert(
-                "x-amz-region-set",
+                X_AMZ_REGION_SET,
                 HeaderValue::try_from(region_set.as_str())
                     .map_err(|_| SignError::InvalidHeader("x-amz-region-set"))?,
             );
@@ -728,11 +761,14 @@ mod tests {
             "{auth}"
         );
         assert_eq!(headers["x-amz-region-set"], "us-east-1");
-        // The key is derived once per credentials, whatever the day.
+        // The key is derived once per credentials, whatever the day; the scope follows the day.
         let creds = Credentials::new("AKID1", "secret1", None, None, "test");
         let a = signer.signing_key(&creds, "20150830", time);
         let b = signer.signing_key(&creds, "20150901", time + Duration::from_secs(2 * 86_400));
-        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(a.key, b.key);
+        assert!(b.auth_prefix.contains("/20150901/service/aws4_request"));
+        let c = signer.signing_key(&creds, "20150901", time + Duration::from_secs(2 * 86_400));
+        assert!(Arc::ptr_eq(&b, &c));
     }
 
     #[test]

@@ -233,6 +233,13 @@ impl Connector {
     }
 }
 
+impl Connector {
+    /// Resolves, connects and runs the TLS handshake for `uri`'s host and port.
+    pub async fn connect(&self, uri: Uri) -> Result<TlsConn, ConnectError> {
+        self.inner.connect(uri).await
+    }
+}
+
 impl ConnectorInner {
     async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, ConnectError> {
         if let Some(ips) = self.resolve.get(&host.to_ascii_lowercase()) {
@@ -369,6 +376,13 @@ pub struct TlsConn {
     io: TokioIo<TlsStream<TcpStream>>,
     h2: bool,
     metrics: Arc<Metrics>,
+}
+
+impl TlsConn {
+    /// Whether ALPN chose HTTP/2.
+    pub fn is_h2(&self) -> bool {
+        self.h2
+    }
 }
 
 impl Drop for TlsConn {

@@ -673,6 +673,46 @@ async fn http1_upstream_path() {
     p.shutdown().await;
 }
 
+#[tokio::test]
+async fn pooled_http1_connections_are_reused_and_reaped() {
+    let up = Upstream::start_http1().await;
+    let p = start_proxy(config(
+        &up,
+        &["--workers", "1", "--pool-idle-timeout", "300ms"],
+    ))
+    .await;
+    let addr = p.proxy_addrs()[0];
+    // GETs, then a HEAD (whose empty body is never polled) and more GETs: one connection.
+    for method in ["GET", "GET", "HEAD", "GET", "HEAD", "GET"] {
+        let (status, _, _) = send(addr, method, HOST, "/one", b"").await;
+        assert_eq!(status, StatusCode::OK, "{method}");
+    }
+    let (_, m) = admin_get(p.admin_addr(), "/metrics").await;
+    assert!(
+        m.contains("lattice_proxy_upstream_connections_total 1\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("lattice_proxy_upstream_connections_open 1\n"),
+        "{m}"
+    );
+    // Idle past the timeout: the pool closes it, and the next request opens a new one.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (_, m) = admin_get(p.admin_addr(), "/metrics").await;
+    assert!(
+        m.contains("lattice_proxy_upstream_connections_open 0\n"),
+        "{m}"
+    );
+    let (status, _, _) = send(addr, "GET", HOST, "/one", b"").await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, m) = admin_get(p.admin_addr(), "/metrics").await;
+    assert!(
+        m.contains("lattice_proxy_upstream_connections_total 2\n"),
+        "{m}"
+    );
+    p.shutdown().await;
+}
+
 /// A loopback listener with a backlog of 0 whose accept queue is already full, so the
 /// kernel drops further SYNs and a connect to it hangs: a connect timeout on 127.0.0.1.
 /// Returns its port and the sockets to keep open (never accepting) while it is used.

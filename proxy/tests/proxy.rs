@@ -696,6 +696,18 @@ async fn pooled_http1_connections_are_reused_and_reaped() {
         m.contains("lattice_proxy_upstream_connections_open 1\n"),
         "{m}"
     );
+    // The upstream drops an idle pooled connection: the next request still succeeds, on a
+    // new connection, with no error for the application.
+    let (status, _, _) = send(addr, "GET", HOST, "/then-close", b"").await;
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let (status, _, body) = send(addr, "GET", HOST, "/one", b"").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, m) = admin_get(p.admin_addr(), "/metrics").await;
+    assert!(
+        m.contains("lattice_proxy_upstream_connections_total 2\n"),
+        "{m}"
+    );
     // Idle past the timeout: the pool closes it, and the next request opens a new one.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let (_, m) = admin_get(p.admin_addr(), "/metrics").await;
@@ -707,7 +719,7 @@ async fn pooled_http1_connections_are_reused_and_reaped() {
     assert_eq!(status, StatusCode::OK);
     let (_, m) = admin_get(p.admin_addr(), "/metrics").await;
     assert!(
-        m.contains("lattice_proxy_upstream_connections_total 2\n"),
+        m.contains("lattice_proxy_upstream_connections_total 3\n"),
         "{m}"
     );
     p.shutdown().await;

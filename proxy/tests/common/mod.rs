@@ -319,17 +319,31 @@ impl Upstream {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    let svc = service_fn(move |req| {
+                    // `/then-close`: answer normally (keep-alive), then drop the idle
+                    // connection, as a load balancer's idle timeout does.
+                    let close = Arc::new(tokio::sync::Notify::new());
+                    let close2 = close.clone();
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                         let oracle = oracle.clone();
                         let seen = seen.clone();
                         let pca_pem = pca_pem.clone();
+                        if req.uri().path() == "/then-close" {
+                            close2.notify_one();
+                        }
                         async move {
                             Ok::<_, Infallible>(upstream_handle(req, oracle, seen, pca_pem).await)
                         }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = async {
+                            close.notified().await;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        } => {}
+                    }
                 });
             }
         });

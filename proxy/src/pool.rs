@@ -10,6 +10,7 @@
 //! when hyper hands the unsent request back.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
@@ -200,11 +201,7 @@ impl Pool {
                 .handshake(conn)
                 .await
                 .map_err(PoolError::Upstream)?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
-                }
-            });
+            drive(connection);
             let mut hosts = self.inner.hosts.lock().unwrap_or_else(|p| p.into_inner());
             hosts.entry(authority.to_owned()).or_default().h2 = Some(tx.clone());
             Ok(Sender::H2(tx))
@@ -213,14 +210,19 @@ impl Pool {
                 .handshake(conn)
                 .await
                 .map_err(PoolError::Upstream)?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::debug!(error = %e, "upstream connection ended with an error");
-                }
-            });
+            drive(connection);
             Ok(Sender::H1(tx))
         }
     }
+}
+
+/// Runs a connection's I/O in its own task until it closes.
+fn drive(connection: impl Future<Output = hyper::Result<()>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
 }
 
 impl Inner {

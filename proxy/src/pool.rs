@@ -98,14 +98,14 @@ impl Pool {
         let host = HeaderValue::from_str(&authority).map_err(|_| PoolError::NoHost(uri.clone()))?;
         req.headers_mut().insert(HOST, host);
 
-        // One retry: a reused connection may have been closed by the upstream while idle,
-        // in which case hyper hands the unsent request back.
         // Connecting is boxed: its future (DNS, TCP, TLS and HTTP handshakes) is several
         // KiB, and inline it would make every client connection's request future that big.
         let (sender, reused) = match self.checkout(&authority).await {
             Some(s) => (s, true),
             None => (Box::pin(self.connect(&uri, &authority)).await?, false),
         };
+        // One retry: a reused connection may have been closed by the upstream while idle,
+        // in which case hyper hands the unsent request back.
         match self.exchange(sender, &authority, req).await {
             Ok(resp) => Ok(resp),
             Err((err, Some(req))) if reused => {

@@ -111,6 +111,8 @@ struct CachedKey {
     date: String,
     /// HMAC key (SigV4) or P-256 private scalar (SigV4A), 32 bytes either way.
     key: [u8; 32],
+    /// The credential scope for this day.
+    scope: String,
     /// `<algorithm> Credential=<key id>/<scope>, SignedHeaders=`: the fixed start of the
     /// Authorization value for this key and day.
     auth_prefix: String,
@@ -184,7 +186,6 @@ impl Signer {
         &self.region
     }
 
-    /// The signing key for these credentials (and, for SigV4, today), derived at most once.
     /// The credential scope of a request made on `date` (`YYYYMMDD`).
     fn scope(&self, date: &str) -> String {
         match &self.algorithm {
@@ -194,7 +195,15 @@ impl Signer {
         }
     }
 
-    /// The key (and Authorization prefix) for these credentials on `date`; derived once per
+    /// `AWS4-HMAC-SHA256` or `AWS4-ECDSA-P256-SHA256`.
+    fn algorithm_name(&self) -> &'static str {
+        match self.algorithm {
+            Algorithm::V4 => ALGORITHM_V4,
+            Algorithm::V4a { .. } => ALGORITHM_V4A,
+        }
+    }
+
+    /// The key (with scope and Authorization prefix) for these credentials on `date`; derived once per
     /// credentials and day (the SigV4A key does not depend on the day, but its scope does).
     fn signing_key(&self, creds: &Credentials, date: &str, time: SystemTime) -> Arc<CachedKey> {
         let mut same_creds = None;
@@ -228,20 +237,18 @@ impl Signer {
                 key.copy_from_slice(derived.as_ref());
             }
         }
-        let algorithm = match self.algorithm {
-            Algorithm::V4 => ALGORITHM_V4,
-            Algorithm::V4a { .. } => ALGORITHM_V4A,
-        };
+        let scope = self.scope(date);
         let k = Arc::new(CachedKey {
             access_key_id: creds.access_key_id().to_owned(),
             secret: creds.secret_access_key().to_owned(),
             date: date.to_owned(),
             key,
             auth_prefix: format!(
-                "{algorithm} Credential={}/{}, SignedHeaders=",
+                "{} Credential={}/{scope}, SignedHeaders=",
+                self.algorithm_name(),
                 creds.access_key_id(),
-                self.scope(date)
             ),
+            scope,
         });
         if let Ok(mut guard) = self.key.write() {
             *guard = Some(k.clone());
@@ -320,17 +327,16 @@ impl Signer {
         creq.push('\n');
         creq.push_str(&payload);
 
-        let algorithm = match &self.algorithm {
-            Algorithm::V4 => ALGORITHM_V4,
-            Algorithm::V4a { .. } => ALGORITHM_V4A,
-        };
-        let scope = self.scope(date);
+        let key = self.signing_key(creds, date, time);
+        let algorithm = self.algorithm_name();
         let creq_hash = hex(&Sha256::digest(creq.as_bytes()));
-        let mut sts = String::with_capacity(algorithm.len() + amz_date.len() + scope.len() + 67);
-        for part in [algorithm, "\n", &amz_date, "\n", &scope, "\n", &creq_hash] {
+        let mut sts =
+            String::with_capacity(algorithm.len() + amz_date.len() + key.scope.len() + 67);
+        for part in [
+            algorithm, "\n", &amz_date, "\n", &key.scope, "\n", &creq_hash,
+        ] {
             sts.push_str(part);
         }
-        let key = self.signing_key(creds, date, time);
         let signature = match self.algorithm {
             Algorithm::V4 => v4::calculate_signature(key.key, sts.as_bytes()),
             Algorithm::V4a { .. } => v4a::calculate_signature(key.key, sts.as_bytes()),

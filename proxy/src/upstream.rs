@@ -231,9 +231,7 @@ impl Connector {
             }),
         }
     }
-}
 
-impl Connector {
     /// Resolves, connects and runs the TLS handshake for `uri`'s host and port.
     pub async fn connect(&self, uri: Uri) -> Result<TlsConn, ConnectError> {
         self.inner.connect(uri).await

@@ -251,7 +251,7 @@ mod tests {
     #[tokio::test]
     async fn static_credentials_become_ready() {
         let mut reg = prometheus_client::registry::Registry::default();
-        let metrics = Metrics::new(&mut reg);
+        let metrics = Metrics::new(&mut reg, 1);
         let creds = Credentials::new("AKID", "SECRET", None, None, "test");
         let cache = CredentialsCache::spawn(SharedCredentialsProvider::new(creds), metrics);
         cache.first_fetch_done().await;
@@ -261,7 +261,7 @@ mod tests {
     #[tokio::test]
     async fn expired_credentials_are_refused() {
         let mut reg = prometheus_client::registry::Registry::default();
-        let metrics = Metrics::new(&mut reg);
+        let metrics = Metrics::new(&mut reg, 1);
         let creds = Credentials::new(
             "AKID",
             "SECRET",

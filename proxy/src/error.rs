@@ -97,6 +97,23 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, in declaration order (`kind as usize` indexes it).
+    pub const ALL: [ErrorKind; 13] = [
+        ErrorKind::host_not_allowed,
+        ErrorKind::bad_request,
+        ErrorKind::not_implemented,
+        ErrorKind::no_credentials,
+        ErrorKind::signing,
+        ErrorKind::dns,
+        ErrorKind::connect_refused,
+        ErrorKind::connect,
+        ErrorKind::connect_timeout,
+        ErrorKind::tls,
+        ErrorKind::tls_timeout,
+        ErrorKind::response_timeout,
+        ErrorKind::upstream,
+    ];
+
     /// The kind as sent in the `x-lattice-proxy-error` header.
     pub fn as_str(self) -> &'static str {
         match self {

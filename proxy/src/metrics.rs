@@ -2,14 +2,20 @@
 //!
 //! Labels are enums or numbers so series stay bounded whatever the traffic; durations are
 //! histograms in seconds.
+//!
+//! The per-request figures (requests by status, latency, errors by kind) are kept in one
+//! shard per worker and summed when scraped: a worker only writes its own cache lines, so
+//! the request path never waits for a line another core has just written (a shared
+//! `Family` and `Histogram` take a lock and bump shared counters on every request).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::error::ErrorKind;
@@ -48,12 +54,8 @@ pub struct RefreshLabels {
 /// All the proxy's metrics. Cheap to clone handles live inside; share it as `Arc<Metrics>`.
 #[derive(Debug)]
 pub struct Metrics {
-    /// Requests answered, by status (Lattice's and the proxy's own).
-    pub requests: Family<StatusLabels, Counter>,
-    /// Time from request to response headers, in seconds.
-    pub request_duration: Histogram,
-    /// Requests the proxy answered itself, by kind.
-    pub errors: Family<ErrorLabels, Counter>,
+    /// Requests by status, latency and the proxy's own answers by kind, per worker.
+    pub requests: Arc<RequestShards>,
     /// Credential fetches by outcome.
     pub credential_refreshes: Family<RefreshLabels, Counter>,
     /// 1 while valid credentials are held.
@@ -67,18 +69,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Creates the metrics and registers them under `lattice_proxy_*`.
-    pub fn new(registry: &mut Registry) -> Arc<Self> {
+    /// Creates the metrics, with one request shard per worker, and registers them under
+    /// `lattice_proxy_*`.
+    pub fn new(registry: &mut Registry, workers: usize) -> Arc<Self> {
         let m = Metrics {
-            request_duration: Histogram::new(
-                [
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                    10.0,
-                ]
-                .into_iter(),
-            ),
-            requests: Default::default(),
-            errors: Default::default(),
+            requests: Arc::new(RequestShards::new(workers)),
             credential_refreshes: Default::default(),
             credentials_valid: Default::default(),
             upstream_connections_open: Default::default(),
@@ -91,17 +86,17 @@ impl Metrics {
             http.register(
                 "requests",
                 "Requests answered, by status",
-                m.requests.clone(),
+                RequestsByStatus(m.requests.clone()),
             );
             http.register(
                 "request_duration_seconds",
                 "Time from request received to response headers sent",
-                m.request_duration.clone(),
+                RequestDuration(m.requests.clone()),
             );
             http.register(
                 "errors",
                 "Requests the proxy answered itself, by failed step",
-                m.errors.clone(),
+                ErrorsByKind(m.requests.clone()),
             );
             http.register(
                 "client_connections_open",
@@ -138,13 +133,151 @@ impl Metrics {
         Arc::new(m)
     }
 
-    /// Records one answered request.
-    pub fn record(&self, status: u16, seconds: f64, error: Option<ErrorKind>) {
-        self.requests.get_or_create(&StatusLabels { status }).inc();
-        self.request_duration.observe(seconds);
-        if let Some(kind) = error {
-            self.errors.get_or_create(&ErrorLabels { kind }).inc();
+    /// Records one request answered by `worker`.
+    pub fn record(&self, worker: usize, status: u16, seconds: f64, error: Option<ErrorKind>) {
+        self.requests.record(worker, status, seconds, error);
+    }
+}
+
+/// Upper bounds of the latency histogram's buckets, in seconds (`+Inf` follows).
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Statuses counted: 100 to 599.
+const STATUSES: std::ops::Range<u16> = 100..600;
+
+/// Per-worker request figures, summed when scraped.
+#[derive(Debug)]
+pub struct RequestShards {
+    shards: Box<[Shard]>,
+}
+
+/// One worker's figures, on cache lines of its own.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Shard {
+    by_status: [AtomicU64; STATUSES.end as usize - STATUSES.start as usize],
+    errors: [AtomicU64; ErrorKind::ALL.len()],
+    /// Requests per latency bucket (not cumulative); the last is `+Inf`.
+    latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    latency_count: AtomicU64,
+    latency_sum_ns: AtomicU64,
+}
+
+impl Shard {
+    fn new() -> Self {
+        Shard {
+            by_status: [const { AtomicU64::new(0) };
+                STATUSES.end as usize - STATUSES.start as usize],
+            errors: [const { AtomicU64::new(0) }; ErrorKind::ALL.len()],
+            latency: [const { AtomicU64::new(0) }; LATENCY_BUCKETS.len() + 1],
+            latency_count: AtomicU64::new(0),
+            latency_sum_ns: AtomicU64::new(0),
         }
+    }
+}
+
+impl RequestShards {
+    /// Shards for `workers` workers (at least one).
+    pub fn new(workers: usize) -> Self {
+        RequestShards {
+            shards: (0..workers.max(1)).map(|_| Shard::new()).collect(),
+        }
+    }
+
+    /// Records one request answered by `worker`.
+    pub fn record(&self, worker: usize, status: u16, seconds: f64, error: Option<ErrorKind>) {
+        let shard = &self.shards[worker % self.shards.len()];
+        if STATUSES.contains(&status) {
+            shard.by_status[usize::from(status - STATUSES.start)].fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(kind) = error {
+            shard.errors[kind as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|&le| seconds <= le)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        shard.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        shard.latency_count.fetch_add(1, Ordering::Relaxed);
+        shard
+            .latency_sum_ns
+            .fetch_add((seconds * 1e9) as u64, Ordering::Relaxed);
+    }
+
+    fn sum(&self, field: impl Fn(&Shard) -> &AtomicU64) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| field(s).load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// `http_requests_total{status}`, summed over the shards.
+#[derive(Debug)]
+struct RequestsByStatus(Arc<RequestShards>);
+
+impl EncodeMetric for RequestsByStatus {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for (i, status) in STATUSES.enumerate() {
+            let n = self.0.sum(|s| &s.by_status[i]);
+            if n > 0 {
+                encoder
+                    .encode_family(&StatusLabels { status })?
+                    .encode_counter::<(), _, u64>(&n, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// `http_errors_total{kind}`, summed over the shards.
+#[derive(Debug)]
+struct ErrorsByKind(Arc<RequestShards>);
+
+impl EncodeMetric for ErrorsByKind {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        for kind in ErrorKind::ALL {
+            let n = self.0.sum(|s| &s.errors[kind as usize]);
+            if n > 0 {
+                encoder
+                    .encode_family(&ErrorLabels { kind })?
+                    .encode_counter::<(), _, u64>(&n, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// `http_request_duration_seconds`, summed over the shards.
+#[derive(Debug)]
+struct RequestDuration(Arc<RequestShards>);
+
+impl EncodeMetric for RequestDuration {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::MAX])
+            .enumerate()
+            .map(|(i, le)| (le, self.0.sum(|s| &s.latency[i])))
+            .collect();
+        let sum = self.0.sum(|s| &s.latency_sum_ns) as f64 / 1e9;
+        let count = self.0.sum(|s| &s.latency_count);
+        encoder.encode_histogram::<()>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 
@@ -154,4 +287,49 @@ pub fn encode(registry: &Registry) -> String {
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, registry);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Figures recorded by different workers add up in one exposition, in the same series
+    /// a `Family` and a `Histogram` would write.
+    #[test]
+    fn shards_sum_when_scraped() {
+        let mut registry = Registry::default();
+        let m = Metrics::new(&mut registry, 2);
+        m.record(0, 200, 0.0004, None);
+        m.record(1, 200, 0.002, None);
+        m.record(1, 403, 0.3, Some(ErrorKind::host_not_allowed));
+        m.record(0, 504, 12.0, Some(ErrorKind::response_timeout));
+        let text = encode(&registry);
+        for line in [
+            "lattice_proxy_http_requests_total{status=\"200\"} 2",
+            "lattice_proxy_http_requests_total{status=\"403\"} 1",
+            "lattice_proxy_http_requests_total{status=\"504\"} 1",
+            "lattice_proxy_http_errors_total{kind=\"host_not_allowed\"} 1",
+            "lattice_proxy_http_errors_total{kind=\"response_timeout\"} 1",
+            "lattice_proxy_http_request_duration_seconds_count 4",
+            "lattice_proxy_http_request_duration_seconds_bucket{le=\"0.0005\"} 1",
+            "lattice_proxy_http_request_duration_seconds_bucket{le=\"0.0025\"} 2",
+            "lattice_proxy_http_request_duration_seconds_bucket{le=\"0.5\"} 3",
+            "lattice_proxy_http_request_duration_seconds_bucket{le=\"10.0\"} 3",
+            "lattice_proxy_http_request_duration_seconds_bucket{le=\"+Inf\"} 4",
+            "# TYPE lattice_proxy_http_requests counter",
+            "# TYPE lattice_proxy_http_request_duration_seconds histogram",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        let sum: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("lattice_proxy_http_request_duration_seconds_sum "))
+            .and_then(|v| v.parse().ok())
+            .expect("a sum line");
+        assert!((sum - 12.3024).abs() < 1e-6, "{sum}");
+        assert!(
+            !text.contains("status=\"500\""),
+            "unseen statuses are not exported"
+        );
+    }
 }

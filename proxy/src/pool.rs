@@ -9,6 +9,7 @@
 //! never contended. A reused connection that turns out closed is retried once on a new one
 //! when hyper hands the unsent request back.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -51,15 +52,30 @@ struct Inner {
     connector: Connector,
     idle_timeout: Duration,
     max_idle_per_host: usize,
-    hosts: Mutex<HashMap<String, Host>>,
+    hosts: Mutex<HashMap<Arc<str>, Host>>,
 }
 
-#[derive(Default)]
 struct Host {
+    /// The map's key, shared with check-ins (no copy of the name per request).
+    authority: Arc<str>,
+    /// The Host header for this authority, made once.
+    host_header: HeaderValue,
     /// Idle HTTP/1.1 senders, most recently used last, with the time they became idle.
     idle: Vec<(http1::SendRequest<ProxyBody>, Instant)>,
     /// The shared HTTP/2 connection, when the upstream negotiated h2.
     h2: Option<http2::SendRequest<ProxyBody>>,
+}
+
+impl Host {
+    /// An empty entry; `None` if the authority cannot be a Host header.
+    fn new(authority: Arc<str>) -> Option<Self> {
+        Some(Host {
+            host_header: HeaderValue::from_str(&authority).ok()?,
+            authority,
+            idle: Vec::new(),
+            h2: None,
+        })
+    }
 }
 
 enum Sender {
@@ -91,27 +107,32 @@ impl Pool {
         let authority = uri
             .authority()
             .ok_or_else(|| PoolError::NoHost(uri.clone()))?
-            .as_str()
-            .to_owned();
+            .as_str();
+        let (key, host_header, idle) = self.checkout(authority)?;
         // Host as hyper-util's client and aws-sigv4 write it: the authority without the
         // default port (the URI only carries a port when it is not 443).
-        let host = HeaderValue::from_str(&authority).map_err(|_| PoolError::NoHost(uri.clone()))?;
-        req.headers_mut().insert(HOST, host);
+        req.headers_mut().insert(HOST, host_header);
 
+        let idle = match idle {
+            // Normally ready at once; otherwise the connection finishes its previous
+            // exchange first (or fails, and a new one is opened).
+            Some(Sender::H1(mut tx)) => tx.ready().await.ok().map(|()| Sender::H1(tx)),
+            other => other,
+        };
         // Connecting is boxed: its future (DNS, TCP, TLS and HTTP handshakes) is several
         // KiB, and inline it would make every client connection's request future that big.
-        let (sender, reused) = match self.checkout(&authority).await {
+        let (sender, reused) = match idle {
             Some(s) => (s, true),
-            None => (Box::pin(self.connect(&uri, &authority)).await?, false),
+            None => (Box::pin(self.connect(&uri, &key)).await?, false),
         };
         // One retry: a reused connection may have been closed by the upstream while idle,
         // in which case hyper hands the unsent request back.
-        match self.exchange(sender, &authority, req).await {
+        match self.exchange(sender, &key, req).await {
             Ok(resp) => Ok(resp),
             Err((err, Some(req))) if reused => {
                 tracing::debug!(error = %err, "pooled connection was closed; reconnecting");
-                let sender = Box::pin(self.connect(&uri, &authority)).await?;
-                self.exchange(sender, &authority, req)
+                let sender = Box::pin(self.connect(&uri, &key)).await?;
+                self.exchange(sender, &key, req)
                     .await
                     .map_err(|(e, _)| PoolError::Upstream(e))
             }
@@ -122,7 +143,7 @@ impl Pool {
     async fn exchange(
         &self,
         sender: Sender,
-        authority: &str,
+        authority: &Arc<str>,
         mut req: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, (hyper::Error, Option<Request<ProxyBody>>)> {
         match sender {
@@ -138,7 +159,7 @@ impl Pool {
                     Ok(resp) => {
                         let checkin = Checkin {
                             pool: Arc::downgrade(&self.inner),
-                            authority: authority.to_owned(),
+                            authority: authority.clone(),
                             tx,
                         };
                         // An empty body (HEAD, 204, 304) is never polled: the connection is
@@ -170,30 +191,37 @@ impl Pool {
         }
     }
 
-    /// A live idle connection for `authority`, if there is one.
-    async fn checkout(&self, authority: &str) -> Option<Sender> {
-        let mut tx = {
-            let mut hosts = self.inner.hosts.lock().unwrap_or_else(|p| p.into_inner());
-            let host = hosts.get_mut(authority)?;
-            if let Some(h2) = &host.h2 {
-                if !h2.is_closed() {
-                    return Some(Sender::H2(h2.clone()));
-                }
-                host.h2 = None;
-            }
-            loop {
-                let (tx, since) = host.idle.pop()?;
-                if !tx.is_closed() && since.elapsed() < self.inner.idle_timeout {
-                    break tx;
-                }
+    /// The pool entry for `authority` (its shared name and Host header), with a live idle
+    /// connection if there is one.
+    fn checkout(
+        &self,
+        authority: &str,
+    ) -> Result<(Arc<str>, HeaderValue, Option<Sender>), PoolError> {
+        let mut hosts = self.inner.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        let host = match hosts.get_mut(authority) {
+            Some(host) => host,
+            None => {
+                let host =
+                    Host::new(authority.into()).ok_or_else(|| PoolError::NoHost(Uri::default()))?;
+                hosts.entry(host.authority.clone()).or_insert(host)
             }
         };
-        // Normally ready at once; otherwise the connection finishes its previous exchange
-        // first (or fails, and the caller opens a new one).
-        tx.ready().await.ok().map(|()| Sender::H1(tx))
+        let entry = (host.authority.clone(), host.host_header.clone());
+        if let Some(h2) = &host.h2 {
+            if !h2.is_closed() {
+                return Ok((entry.0, entry.1, Some(Sender::H2(h2.clone()))));
+            }
+            host.h2 = None;
+        }
+        while let Some((tx, since)) = host.idle.pop() {
+            if !tx.is_closed() && since.elapsed() < self.inner.idle_timeout {
+                return Ok((entry.0, entry.1, Some(Sender::H1(tx))));
+            }
+        }
+        Ok((entry.0, entry.1, None))
     }
 
-    async fn connect(&self, uri: &Uri, authority: &str) -> Result<Sender, PoolError> {
+    async fn connect(&self, uri: &Uri, authority: &Arc<str>) -> Result<Sender, PoolError> {
         let conn = self.inner.connector.connect(uri.clone()).await?;
         if conn.is_h2() {
             let (tx, connection) = http2::Builder::new(TokioExecutor::new())
@@ -203,7 +231,9 @@ impl Pool {
                 .map_err(PoolError::Upstream)?;
             drive(connection);
             let mut hosts = self.inner.hosts.lock().unwrap_or_else(|p| p.into_inner());
-            hosts.entry(authority.to_owned()).or_default().h2 = Some(tx.clone());
+            if let Some(host) = host_mut(&mut hosts, authority) {
+                host.h2 = Some(tx.clone());
+            }
             Ok(Sender::H2(tx))
         } else {
             let (tx, connection) = http1::Builder::new()
@@ -226,15 +256,28 @@ fn drive(connection: impl Future<Output = hyper::Result<()>> + Send + 'static) {
 }
 
 impl Inner {
-    fn checkin(&self, authority: String, tx: http1::SendRequest<ProxyBody>) {
+    fn checkin(&self, authority: &Arc<str>, tx: http1::SendRequest<ProxyBody>) {
         if tx.is_closed() {
             return;
         }
         let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        let host = hosts.entry(authority).or_default();
-        if host.idle.len() < self.max_idle_per_host {
-            host.idle.push((tx, Instant::now()));
+        if let Some(host) = host_mut(&mut hosts, authority) {
+            if host.idle.len() < self.max_idle_per_host {
+                host.idle.push((tx, Instant::now()));
+            }
         }
+    }
+}
+
+/// The entry for `authority`, made again if the reaper dropped it (it drops entries with
+/// nothing idle, busy connections notwithstanding).
+fn host_mut<'a>(
+    hosts: &'a mut HashMap<Arc<str>, Host>,
+    authority: &Arc<str>,
+) -> Option<&'a mut Host> {
+    match hosts.entry(authority.clone()) {
+        Entry::Occupied(e) => Some(e.into_mut()),
+        Entry::Vacant(e) => Host::new(authority.clone()).map(|host| e.insert(host)),
     }
 }
 
@@ -264,14 +307,14 @@ async fn reap(pool: Weak<Inner>) {
 /// Hands an HTTP/1.1 connection back to its pool.
 struct Checkin {
     pool: Weak<Inner>,
-    authority: String,
+    authority: Arc<str>,
     tx: http1::SendRequest<ProxyBody>,
 }
 
 impl Checkin {
     fn done(self) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.checkin(self.authority, self.tx);
+            pool.checkin(&self.authority, self.tx);
         }
     }
 }

@@ -1,7 +1,8 @@
 //! One request: check host → rewrite URI → strip hop-by-hop → sign → forward.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_smithy_types::error::display::DisplayErrorContext;
@@ -11,8 +12,9 @@ use http::{Method, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Incoming};
 use sha2::{Digest, Sha256};
+use smallvec::SmallVec;
 
-use crate::allow::AllowList;
+use crate::allow::{AllowList, Refusal};
 use crate::body::ProxyBody;
 use crate::credentials::CredentialsCache;
 use crate::error::ProxyError;
@@ -39,6 +41,41 @@ pub struct Proxy {
     response_timeout: Duration,
     strip: Vec<HeaderName>,
     metrics: Arc<Metrics>,
+    /// The worker this handler belongs to (its metrics shard).
+    worker: usize,
+    /// Service names seen by this worker, keyed by the authority bytes the application
+    /// sent: parsing, lower-casing, the allow-list and the upstream authority are worked out
+    /// once per name instead of once per request.
+    routes: Mutex<HashMap<Box<[u8]>, Arc<Route>>>,
+}
+
+/// At most this many names are remembered; the cache starts over when full, so an
+/// application sending random names costs only the work done without a cache.
+const MAX_ROUTES: usize = 1024;
+
+/// One service name, as an application wrote it, resolved.
+#[derive(Debug)]
+struct Route {
+    /// The host, lower-cased, without port or trailing dot (for logs and errors).
+    host: String,
+    /// The upstream authority (host and configured port), or why there is none.
+    upstream: Result<Authority, RouteError>,
+}
+
+/// Why a name has no upstream; cached with the route, turned into the response each time.
+#[derive(Debug, Clone)]
+enum RouteError {
+    Refused(Refusal),
+    BadRequest(String),
+}
+
+impl From<RouteError> for ProxyError {
+    fn from(e: RouteError) -> Self {
+        match e {
+            RouteError::Refused(r) => ProxyError::HostRefused(r),
+            RouteError::BadRequest(m) => ProxyError::BadRequest(m),
+        }
+    }
 }
 
 /// Request headers that never travel upstream: hop-by-hop ones (RFC 9110 §7.6.1), ones the
@@ -67,7 +104,8 @@ const STRIPPED_RESPONSE: &[HeaderName] = &[
 ];
 
 impl Proxy {
-    /// Creates the handler; `strip` are extra request headers to drop (`--strip`).
+    /// Creates the handler of one worker; `strip` are extra request headers to drop
+    /// (`--strip`).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         allow: AllowList,
@@ -78,6 +116,7 @@ impl Proxy {
         response_timeout: Duration,
         strip: Vec<HeaderName>,
         metrics: Arc<Metrics>,
+        worker: usize,
     ) -> Self {
         Proxy {
             allow,
@@ -88,6 +127,8 @@ impl Proxy {
             response_timeout,
             strip,
             metrics,
+            worker,
+            routes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -114,8 +155,12 @@ impl Proxy {
         *resp.version_mut() = version;
         let elapsed = start.elapsed();
         tracing::debug!(%method, %path, status = resp.status().as_u16(), elapsed_ms = elapsed.as_secs_f64() * 1e3, original_dst = ?conn.original_dst, "request");
-        self.metrics
-            .record(resp.status().as_u16(), elapsed.as_secs_f64(), error);
+        self.metrics.record(
+            self.worker,
+            resp.status().as_u16(),
+            elapsed.as_secs_f64(),
+            error,
+        );
         resp
     }
 
@@ -129,8 +174,8 @@ impl Proxy {
             ));
         }
 
-        let host = target_host(&req)?;
-        self.allow.check(&host).map_err(ProxyError::HostRefused)?;
+        let route = self.route(&req)?;
+        let authority = route.upstream.clone()?;
 
         // Credentials before anything else touches the network: fail closed.
         let identity = self
@@ -139,7 +184,7 @@ impl Proxy {
             .map_err(|e| ProxyError::NoCredentials(e.to_string()))?;
 
         let (mut parts, body) = req.into_parts();
-        let uri = self.upstream_uri(&host, parts.uri.path_and_query())?;
+        let uri = upstream_uri(authority, parts.uri.path_and_query())?;
         let mut headers = std::mem::take(&mut parts.headers);
         strip_request_headers(&mut headers);
         for name in &self.strip {
@@ -186,14 +231,14 @@ impl Proxy {
         let resp = match tokio::time::timeout(self.response_timeout, exchange).await {
             Err(_) => {
                 return Err(ProxyError::ResponseTimeout {
-                    host,
+                    host: route.host.clone(),
                     timeout: self.response_timeout,
                 })
             }
             Ok(Err(PoolError::Connect(e))) => return Err(ProxyError::Connect(e)),
             Ok(Err(e)) => {
                 return Err(ProxyError::Upstream {
-                    host,
+                    host: route.host.clone(),
                     cause: DisplayErrorContext(&e).to_string(),
                 })
             }
@@ -205,55 +250,80 @@ impl Proxy {
         Ok(Response::from_parts(parts, body))
     }
 
-    fn upstream_uri(&self, host: &str, pq: Option<&PathAndQuery>) -> Result<Uri, ProxyError> {
-        let authority = if self.upstream_port == 443 {
-            Authority::try_from(host)
+    /// The route for the request's service name, from the cache or worked out now.
+    fn route(&self, req: &Request<Incoming>) -> Result<Arc<Route>, ProxyError> {
+        let raw = match req.uri().authority() {
+            Some(a) => a.as_str().as_bytes(),
+            None => req
+                .headers()
+                .get(header::HOST)
+                .ok_or(ProxyError::MissingHost)?
+                .as_bytes(),
+        };
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(route) = routes.get(raw) {
+            return Ok(route.clone());
+        }
+        let route = Arc::new(self.resolve(raw)?);
+        if routes.len() >= MAX_ROUTES {
+            routes.clear();
+        }
+        routes.insert(raw.into(), route.clone());
+        Ok(route)
+    }
+
+    /// Works out a route from the authority an application sent (absolute-form URI or
+    /// Host header). The port it used is dropped: the upstream port is configuration.
+    fn resolve(&self, raw: &[u8]) -> Result<Route, ProxyError> {
+        let authority = Authority::try_from(raw).map_err(|_| {
+            ProxyError::BadRequest(format!(
+                "invalid Host header {:?}",
+                String::from_utf8_lossy(raw)
+            ))
+        })?;
+        let host = authority.host().trim_end_matches('.').to_ascii_lowercase();
+        if host.is_empty() {
+            return Err(ProxyError::MissingHost);
+        }
+        let upstream = if authority.as_str().contains('@') {
+            Err(RouteError::BadRequest(
+                "user information in the request target is not supported".into(),
+            ))
+        } else if let Err(refusal) = self.allow.check(&host) {
+            Err(RouteError::Refused(refusal))
+        } else if self.upstream_port == 443 {
+            Authority::try_from(host.as_str())
+                .map_err(|e| RouteError::BadRequest(format!("host {host:?}: {e}")))
         } else {
             Authority::try_from(format!("{host}:{}", self.upstream_port))
-        }
-        .map_err(|e| ProxyError::BadRequest(format!("host {host:?}: {e}")))?;
-        let path = pq
-            .map(|p| p.path())
-            .filter(|p| !p.is_empty())
-            .unwrap_or("/");
-        let pq = match pq.and_then(|p| p.query()).and_then(canonical_query) {
-            Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
-            None => PathAndQuery::try_from(path),
-        }
-        .map_err(|e| ProxyError::BadRequest(format!("path: {e}")))?;
-        Uri::builder()
-            .scheme(Scheme::HTTPS)
-            .authority(authority)
-            .path_and_query(pq)
-            .build()
-            .map_err(|e| ProxyError::BadRequest(e.to_string()))
+                .map_err(|e| RouteError::BadRequest(format!("host {host:?}: {e}")))
+        };
+        Ok(Route { host, upstream })
     }
 }
 
-/// The service name: the absolute-form URI's or `:authority` (HTTP/2), else the Host header.
-/// The port the application used is dropped: the upstream port is configuration.
-fn target_host(req: &Request<Incoming>) -> Result<String, ProxyError> {
-    let authority = match req.uri().authority() {
-        Some(a) => a.clone(),
-        None => {
-            let h = req
-                .headers()
-                .get(header::HOST)
-                .ok_or(ProxyError::MissingHost)?;
-            Authority::try_from(h.as_bytes())
-                .map_err(|_| ProxyError::BadRequest(format!("invalid Host header {h:?}")))?
+/// The absolute upstream URI: https, the route's authority, the path and the query in the
+/// encoding that is signed ([`canonical_query`]).
+fn upstream_uri(authority: Authority, pq: Option<&PathAndQuery>) -> Result<Uri, ProxyError> {
+    let pq = match pq {
+        // Nothing to rewrite: share the bytes.
+        Some(pq) if pq.query().is_none() && !pq.path().is_empty() => pq.clone(),
+        Some(pq) => {
+            let path = Some(pq.path()).filter(|p| !p.is_empty()).unwrap_or("/");
+            match pq.query().and_then(canonical_query) {
+                Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
+                None => PathAndQuery::try_from(path),
+            }
+            .map_err(|e| ProxyError::BadRequest(format!("path: {e}")))?
         }
+        None => PathAndQuery::from_static("/"),
     };
-    if authority.as_str().contains('@') {
-        return Err(ProxyError::BadRequest(
-            "user information in the request target is not supported".into(),
-        ));
-    }
-    let host = authority.host().trim_end_matches('.').to_ascii_lowercase();
-    if host.is_empty() {
-        return Err(ProxyError::MissingHost);
-    }
-    Ok(host)
+    Uri::builder()
+        .scheme(Scheme::HTTPS)
+        .authority(authority)
+        .path_and_query(pq)
+        .build()
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))
 }
 
 /// Removes hop-by-hop headers (the fixed set and any named by `Connection`), the
@@ -282,22 +352,27 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, fixed: &[HeaderName]) {
 
 /// Removes the `fixed` headers, those named by `Connection`, `keep-alive`,
 /// `proxy-connection` and those `also` picks. One pass over the names present (a request
-/// carries a handful) instead of a hashed lookup per name that might be there.
+/// carries a handful) instead of a hashed lookup per name that might be there, and no
+/// allocation unless more than eight go.
 fn strip(headers: &mut HeaderMap, fixed: &[HeaderName], also: impl Fn(&HeaderName) -> bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::try_from(t.trim()).ok())
-        .collect();
-    let doomed: Vec<HeaderName> = headers
+    let tokens = || {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+    };
+    // `Connection: keep-alive` (or `close`) names nothing else: the usual case, checked once.
+    let names_others =
+        tokens().any(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"));
+    let doomed: SmallVec<[HeaderName; 8]> = headers
         .keys()
         .filter(|k| {
             fixed.contains(k)
-                || named.contains(k)
                 || matches!(k.as_str(), "keep-alive" | "proxy-connection")
                 || also(k)
+                || (names_others && tokens().any(|t| t.eq_ignore_ascii_case(k.as_str())))
         })
         .cloned()
         .collect();
@@ -321,6 +396,25 @@ fn fits(headers: &HeaderMap, body: &Incoming, limit: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_uris() {
+        let authority = Authority::from_static("svc.example.com");
+        let uri = |pq: &str| {
+            let pq = PathAndQuery::try_from(pq).unwrap();
+            upstream_uri(authority.clone(), Some(&pq))
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(uri("/a/b"), "https://svc.example.com/a/b");
+        assert_eq!(uri("/a?x=a+b&y"), "https://svc.example.com/a?x=a%20b&y=");
+        assert_eq!(uri("/a?"), "https://svc.example.com/a");
+        assert_eq!(uri("?q=1"), "https://svc.example.com/?q=1");
+        assert_eq!(
+            upstream_uri(authority.clone(), None).unwrap().to_string(),
+            "https://svc.example.com/"
+        );
+    }
 
     #[test]
     fn request_headers_are_stripped() {

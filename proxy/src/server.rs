@@ -90,7 +90,7 @@ pub async fn start(
 ) -> Result<Running, StartError> {
     let region = config.region.clone().ok_or(StartError::NoRegion)?;
     let mut registry = Registry::default();
-    let metrics = Metrics::new(&mut registry);
+    let metrics = Metrics::new(&mut registry, config.workers);
 
     // Credentials are fetched in the background from here on; /readyz reports them.
     let credentials = CredentialsCache::spawn(provider, metrics.clone());
@@ -305,6 +305,7 @@ async fn serve(
         config.upstream.response_timeout,
         config.strip_headers.clone(),
         shared.metrics.clone(),
+        worker,
     ));
 
     let mut http = auto::Builder::new(TokioExecutor::new());

@@ -17,17 +17,20 @@
 //! than by the signer.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
+use std::cell::RefCell;
 use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_credential_types::Credentials;
 use aws_sigv4::sign::{v4, v4a};
 use aws_smithy_runtime_api::client::identity::Identity;
+use hmac::digest::FixedOutput;
+use hmac::{Hmac, KeyInit, Mac};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Uri};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest, Sha256};
+use smallvec::SmallVec;
 
 /// Lattice's signing name.
 pub const DEFAULT_SIGNING_NAME: &str = "vpc-lattice-svcs";
@@ -108,9 +111,14 @@ pub enum Algorithm {
 struct CachedKey {
     access_key_id: String,
     secret: String,
+    /// The session token and its (sensitive) header value.
+    token: Option<(String, HeaderValue)>,
     date: String,
     /// HMAC key (SigV4) or P-256 private scalar (SigV4A), 32 bytes either way.
     key: [u8; 32],
+    /// SigV4: the HMAC already keyed with `key`, cloned per request (saves hashing the key
+    /// pads, two SHA-256 blocks, every time).
+    mac: Option<Hmac<Sha256>>,
     /// The credential scope for this day.
     scope: String,
     /// `<algorithm> Credential=<key id>/<scope>, SignedHeaders=`: the fixed start of the
@@ -203,16 +211,24 @@ impl Signer {
         }
     }
 
-    /// The key (with scope and Authorization prefix) for these credentials on `date`; derived once per
-    /// credentials and day (the SigV4A key does not depend on the day, but its scope does).
-    fn signing_key(&self, creds: &Credentials, date: &str, time: SystemTime) -> Arc<CachedKey> {
+    /// The key (with scope, Authorization prefix and token header) for these credentials on
+    /// `date`; derived once per credentials and day (the SigV4A key does not depend on the
+    /// day, but its scope does).
+    fn signing_key(
+        &self,
+        creds: &Credentials,
+        date: &str,
+        time: SystemTime,
+    ) -> Result<Arc<CachedKey>, SignError> {
         let mut same_creds = None;
         if let Ok(guard) = self.key.read() {
             if let Some(k) = guard.as_ref() {
-                if k.access_key_id == creds.access_key_id() && k.secret == creds.secret_access_key()
+                if k.access_key_id == creds.access_key_id()
+                    && k.secret == creds.secret_access_key()
+                    && k.token.as_ref().map(|(t, _)| t.as_str()) == creds.session_token()
                 {
                     if k.date == date {
-                        return k.clone();
+                        return Ok(k.clone());
                     }
                     same_creds = Some(k.key);
                 }
@@ -237,12 +253,26 @@ impl Signer {
                 key.copy_from_slice(derived.as_ref());
             }
         }
+        let token = match creds.session_token() {
+            Some(t) => {
+                let mut v = HeaderValue::try_from(t)
+                    .map_err(|_| SignError::InvalidHeader("x-amz-security-token"))?;
+                v.set_sensitive(true);
+                Some((t.to_owned(), v))
+            }
+            None => None,
+        };
         let scope = self.scope(date);
         let k = Arc::new(CachedKey {
             access_key_id: creds.access_key_id().to_owned(),
             secret: creds.secret_access_key().to_owned(),
+            token,
             date: date.to_owned(),
             key,
+            // An HMAC key of any length is accepted; 32 bytes never fails.
+            mac: matches!(self.algorithm, Algorithm::V4)
+                .then(|| Hmac::<Sha256>::new_from_slice(&key).ok())
+                .flatten(),
             auth_prefix: format!(
                 "{} Credential={}/{scope}, SignedHeaders=",
                 self.algorithm_name(),
@@ -253,13 +283,16 @@ impl Signer {
         if let Ok(mut guard) = self.key.write() {
             *guard = Some(k.clone());
         }
-        k
+        Ok(k)
     }
 
     /// Signs a request to `uri` (absolute, query already in [`canonical_query`] form) and
     /// writes `authorization`, `x-amz-date`, `x-amz-content-sha256` and
     /// `x-amz-security-token` into `headers`. `body_sha256` is the hex SHA-256 of the body,
     /// or `None` for `UNSIGNED-PAYLOAD`.
+    ///
+    /// The canonical request is assembled on the stack and the string to sign fed to the
+    /// cached keyed HMAC, so the only allocation left per request is the Authorization value.
     pub fn sign(
         &self,
         identity: &Identity,
@@ -272,19 +305,19 @@ impl Signer {
         let creds = identity
             .data::<Credentials>()
             .ok_or(SignError::NotCredentials)?;
-        let amz_date = format_amz_date(time);
+        let stamp = amz_date_header(time);
+        // Formatted from ASCII digits: always valid UTF-8.
+        let amz_date = stamp.to_str().unwrap_or_default();
         let date = &amz_date[..8];
-        let payload: Cow<'_, str> = match &body_sha256 {
-            Some(h) => Cow::Borrowed(h.as_str()),
-            None => Cow::Borrowed(UNSIGNED_PAYLOAD),
-        };
+        let payload = body_sha256.as_deref().unwrap_or(UNSIGNED_PAYLOAD);
         let host = signed_host(uri)?;
+        let key = self.signing_key(creds, date, time)?;
 
         // Canonical headers, sorted by name: ours plus the configured extra ones present.
-        let mut canon: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(4 + self.extra.len());
+        let mut canon: SmallVec<[(&str, Cow<'_, str>); 6]> = SmallVec::new();
         canon.push(("host", Cow::Borrowed(host)));
-        canon.push(("x-amz-content-sha256", payload.clone()));
-        canon.push(("x-amz-date", Cow::Borrowed(&amz_date)));
+        canon.push(("x-amz-content-sha256", Cow::Borrowed(payload)));
+        canon.push(("x-amz-date", Cow::Borrowed(amz_date)));
         if let Some(token) = creds.session_token() {
             canon.push(("x-amz-security-token", Cow::Borrowed(token)));
         }
@@ -304,82 +337,98 @@ impl Signer {
         }
         canon.sort_by(|a, b| a.0.cmp(b.0));
 
-        let mut signed_headers = String::with_capacity(64);
-        let mut creq = String::with_capacity(256 + uri.path().len());
-        creq.push_str(method.as_str());
-        creq.push('\n');
-        creq.extend(utf8_percent_encode(
-            &normalize_path(uri.path()),
-            PATH_ESCAPE,
-        ));
-        creq.push('\n');
-        creq.push_str(&sorted_query(uri.query()));
-        creq.push('\n');
+        let mut creq = CanonicalRequest::new();
+        creq.push(method.as_str());
+        creq.push("\n");
+        for chunk in utf8_percent_encode(&normalize_path(uri.path()), PATH_ESCAPE) {
+            creq.push(chunk);
+        }
+        creq.push("\n");
+        if let Some(q) = uri.query().filter(|q| !q.is_empty()) {
+            creq.push(&sorted_query(q));
+        }
+        creq.push("\n");
         for (name, value) in &canon {
-            let _ = writeln!(creq, "{name}:{value}");
-            if !signed_headers.is_empty() {
-                signed_headers.push(';');
+            for part in [*name, ":", value, "\n"] {
+                creq.push(part);
             }
-            signed_headers.push_str(name);
         }
-        creq.push('\n');
-        creq.push_str(&signed_headers);
-        creq.push('\n');
-        creq.push_str(&payload);
+        creq.push("\n");
+        let mut signed_len = 0;
+        for (i, (name, _)) in canon.iter().enumerate() {
+            if i > 0 {
+                creq.push(";");
+            }
+            creq.push(name);
+            signed_len += name.len() + usize::from(i > 0);
+        }
+        creq.push("\n");
+        creq.push(payload);
+        let creq_hash = hex_digest(&creq.hash());
+        // Hex digits: always valid UTF-8.
+        let creq_hash = std::str::from_utf8(&creq_hash).unwrap_or_default();
 
-        let key = self.signing_key(creds, date, time);
-        let algorithm = self.algorithm_name();
-        let creq_hash = hex(&Sha256::digest(creq.as_bytes()));
-        let mut sts =
-            String::with_capacity(algorithm.len() + amz_date.len() + key.scope.len() + 67);
-        for part in [
-            algorithm, "\n", &amz_date, "\n", &key.scope, "\n", &creq_hash,
-        ] {
-            sts.push_str(part);
-        }
-        let signature = match self.algorithm {
-            Algorithm::V4 => v4::calculate_signature(key.key, sts.as_bytes()),
-            Algorithm::V4a { .. } => v4a::calculate_signature(key.key, sts.as_bytes()),
+        let sts_parts = [
+            self.algorithm_name(),
+            "\n",
+            amz_date,
+            "\n",
+            &key.scope,
+            "\n",
+            creq_hash,
+        ];
+        let v4_signature: [u8; 64];
+        let v4a_signature: String;
+        let signature = match (&key.mac, &self.algorithm) {
+            (Some(mac), Algorithm::V4) => {
+                let mut mac = mac.clone();
+                for part in sts_parts {
+                    mac.update(part.as_bytes());
+                }
+                v4_signature = hex_digest(&mac.finalize_fixed().into());
+                std::str::from_utf8(&v4_signature).unwrap_or_default()
+            }
+            _ => {
+                v4a_signature = v4a::calculate_signature(key.key, sts_parts.concat().as_bytes());
+                &v4a_signature
+            }
         };
         if self.log_signing {
             tracing::info!(
-                canonical_request = %redact_token(&creq),
-                string_to_sign = %sts,
+                canonical_request = %redact_token(creq.as_str()),
+                string_to_sign = %sts_parts.concat(),
                 "signing process"
             );
         }
 
+        // Exactly sized: `Bytes::from(String)` then takes the buffer over without copying.
         let mut authorization = String::with_capacity(
-            key.auth_prefix.len() + signed_headers.len() + 12 + signature.len(),
+            key.auth_prefix.len() + signed_len + SIGNATURE_SEPARATOR.len() + signature.len(),
         );
-        for part in [
-            key.auth_prefix.as_str(),
-            &signed_headers,
-            ", Signature=",
-            &signature,
-        ] {
-            authorization.push_str(part);
+        authorization.push_str(&key.auth_prefix);
+        for (i, (name, _)) in canon.iter().enumerate() {
+            if i > 0 {
+                authorization.push(';');
+            }
+            authorization.push_str(name);
         }
+        authorization.push_str(SIGNATURE_SEPARATOR);
+        authorization.push_str(signature);
         let mut auth = HeaderValue::try_from(authorization)
             .map_err(|_| SignError::InvalidHeader("authorization"))?;
         // The signature is not a secret, but keep it out of Debug output and HPACK tables.
         auth.set_sensitive(true);
         headers.insert(http::header::AUTHORIZATION, auth);
-        headers.insert(
-            X_AMZ_DATE,
-            HeaderValue::try_from(amz_date.as_str())
-                .map_err(|_| SignError::InvalidHeader("x-amz-date"))?,
-        );
-        headers.insert(
-            X_AMZ_CONTENT_SHA256,
-            HeaderValue::try_from(payload.as_ref())
+        headers.insert(X_AMZ_DATE, stamp.clone());
+        let payload = match &body_sha256 {
+            None => HeaderValue::from_static(UNSIGNED_PAYLOAD),
+            Some(hash) => HeaderValue::try_from(hash.as_str())
                 .map_err(|_| SignError::InvalidHeader("x-amz-content-sha256"))?,
-        );
-        if let Some(token) = creds.session_token() {
-            let mut v = HeaderValue::try_from(token)
-                .map_err(|_| SignError::InvalidHeader("x-amz-security-token"))?;
-            v.set_sensitive(true);
-            headers.insert(X_AMZ_SECURITY_TOKEN, v);
+        };
+        headers.insert(X_AMZ_CONTENT_SHA256, payload);
+        // Cached with the key, which is only reused for the same token.
+        if let Some((_, token)) = &key.token {
+            headers.insert(X_AMZ_SECURITY_TOKEN, token.clone());
         }
         if let Algorithm::V4a { region_set } = &self.algorithm {
             headers.insert(
@@ -392,15 +441,68 @@ impl Signer {
     }
 }
 
+const SIGNATURE_SEPARATOR: &str = ", Signature=";
+
+/// The canonical request, assembled on the stack and hashed in one call; it moves to the
+/// heap only past 512 bytes (a long session token).
+struct CanonicalRequest {
+    stack: [u8; 512],
+    len: usize,
+    heap: Vec<u8>,
+}
+
+impl CanonicalRequest {
+    fn new() -> Self {
+        CanonicalRequest {
+            stack: [0; 512],
+            len: 0,
+            heap: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, part: &str) {
+        let part = part.as_bytes();
+        if self.heap.is_empty() && self.len + part.len() <= self.stack.len() {
+            self.stack[self.len..self.len + part.len()].copy_from_slice(part);
+            self.len += part.len();
+        } else {
+            if self.heap.is_empty() {
+                self.heap.reserve(2 * self.stack.len() + part.len());
+                self.heap.extend_from_slice(&self.stack[..self.len]);
+            }
+            self.heap.extend_from_slice(part);
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        if self.heap.is_empty() {
+            &self.stack[..self.len]
+        } else {
+            &self.heap
+        }
+    }
+
+    fn hash(&self) -> [u8; 32] {
+        Sha256::digest(self.bytes()).into()
+    }
+
+    /// The text, for the signing log (only `&str`s were pushed).
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(self.bytes()).unwrap_or_default()
+    }
+}
+
 /// The host as signed and as hyper sends it: the authority without a default port.
 fn signed_host(uri: &Uri) -> Result<&str, SignError> {
     let authority = uri
         .authority()
         .ok_or_else(|| SignError::NoHost(uri.to_string()))?;
-    let default = matches!(
-        (uri.scheme_str(), authority.port_u16()),
-        (Some("https"), Some(443)) | (Some("http"), Some(80))
-    );
+    // A suffix test instead of parsing the port: this runs for every request.
+    let default = match uri.scheme_str() {
+        Some("https") => authority.as_str().ends_with(":443"),
+        Some("http") => authority.as_str().ends_with(":80"),
+        _ => false,
+    };
     Ok(if default {
         authority.host()
     } else {
@@ -440,10 +542,7 @@ fn normalize_path(path: &str) -> Cow<'_, str> {
 }
 
 /// The canonical query of a query already in [`canonical_query`] form: pairs sorted.
-fn sorted_query(query: Option<&str>) -> String {
-    let Some(q) = query.filter(|q| !q.is_empty()) else {
-        return String::new();
-    };
+fn sorted_query(q: &str) -> String {
     let mut pairs: Vec<(&str, &str)> = q
         .split('&')
         .filter(|p| !p.is_empty())
@@ -487,6 +586,17 @@ fn redact_token(creq: &str) -> String {
         .join("\n")
 }
 
+/// Lowercase hex of a SHA-256 digest, on the stack.
+fn hex_digest(digest: &[u8; 32]) -> [u8; 64] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (i, b) in digest.iter().enumerate() {
+        out[2 * i] = DIGITS[usize::from(b >> 4)];
+        out[2 * i + 1] = DIGITS[usize::from(b & 15)];
+    }
+    out
+}
+
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -496,6 +606,30 @@ pub fn hex(bytes: &[u8]) -> String {
         s.push(DIGITS[(b & 15) as usize] as char);
     }
     s
+}
+
+thread_local! {
+    /// The last `x-amz-date` value this thread made, with its second: one per second is
+    /// formatted, every other request clones it (a reference count).
+    static AMZ_DATE: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
+}
+
+/// The `x-amz-date` header value for `t`.
+fn amz_date_header(t: SystemTime) -> HeaderValue {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    AMZ_DATE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        match &*cached {
+            Some((s, v)) if *s == secs => v.clone(),
+            _ => {
+                // Digits and letters only: always a valid header value.
+                let v = HeaderValue::try_from(format_amz_date(t))
+                    .unwrap_or_else(|_| HeaderValue::from_static("19700101T000000Z"));
+                *cached = Some((secs, v.clone()));
+                v
+            }
+        }
+    })
 }
 
 /// `YYYYMMDDTHHMMSSZ` in UTC.
@@ -605,7 +739,13 @@ mod tests {
             "https://svc.example.com/x?b=1&a=2&a=1&A=0",
             "https://svc.example.com/x?slash=%2F&q=%3F&utf=%C3%A9&t=~",
         ];
-        for token in [None, Some("IQoJb3JpZ2luX2Vj+/token==")] {
+        // A real session token is about a kilobyte: the canonical request leaves the stack.
+        let long_token = "IQoJb3JpZ2luX2VjEJr//////////wEaCXVzLWVhc3QtMSJHMEUCIQ".repeat(20);
+        for token in [
+            None,
+            Some("IQoJb3JpZ2luX2Vj+/token=="),
+            Some(long_token.as_str()),
+        ] {
             let id = identity(token);
             for (method, extra) in [
                 (Method::GET, vec![]),
@@ -678,16 +818,22 @@ mod tests {
         );
         let creds = Credentials::new("AKID1", "secret1", None, None, "test");
         let t = UNIX_EPOCH + Duration::from_secs(1_440_938_160);
-        let a = signer.signing_key(&creds, "20150830", t);
-        let b = signer.signing_key(&creds, "20150830", t + Duration::from_secs(60));
+        let a = signer.signing_key(&creds, "20150830", t).unwrap();
+        let b = signer
+            .signing_key(&creds, "20150830", t + Duration::from_secs(60))
+            .unwrap();
         assert!(
             Arc::ptr_eq(&a, &b),
             "same credentials and day must reuse the key"
         );
-        let c = signer.signing_key(&creds, "20150831", t + Duration::from_secs(86_400));
+        let c = signer
+            .signing_key(&creds, "20150831", t + Duration::from_secs(86_400))
+            .unwrap();
         assert!(!Arc::ptr_eq(&a, &c), "a new day derives a new key");
         let rotated = Credentials::new("AKID2", "secret2", None, None, "test");
-        let d = signer.signing_key(&rotated, "20150831", t + Duration::from_secs(86_400));
+        let d = signer
+            .signing_key(&rotated, "20150831", t + Duration::from_secs(86_400))
+            .unwrap();
         assert!(!Arc::ptr_eq(&c, &d), "new credentials derive a new key");
     }
 
@@ -769,11 +915,15 @@ mod tests {
         assert_eq!(headers["x-amz-region-set"], "us-east-1");
         // The key is derived once per credentials, whatever the day; the scope follows the day.
         let creds = Credentials::new("AKID1", "secret1", None, None, "test");
-        let a = signer.signing_key(&creds, "20150830", time);
-        let b = signer.signing_key(&creds, "20150901", time + Duration::from_secs(2 * 86_400));
+        let a = signer.signing_key(&creds, "20150830", time).unwrap();
+        let b = signer
+            .signing_key(&creds, "20150901", time + Duration::from_secs(2 * 86_400))
+            .unwrap();
         assert_eq!(a.key, b.key);
         assert!(b.auth_prefix.contains("/20150901/service/aws4_request"));
-        let c = signer.signing_key(&creds, "20150901", time + Duration::from_secs(2 * 86_400));
+        let c = signer
+            .signing_key(&creds, "20150901", time + Duration::from_secs(2 * 86_400))
+            .unwrap();
         assert!(Arc::ptr_eq(&b, &c));
     }
 

@@ -96,6 +96,8 @@ struct WrkResult {
     /// CPU time (user + system) the proxying processes spent per request, in µs: less
     /// sensitive than requests/s to other load on a shared machine.
     cpu_us: f64,
+    /// The part of `cpu_us` spent in the kernel (system time).
+    sys_us: f64,
 }
 
 pub fn run(opts: &BenchProxy) -> Result<()> {
@@ -283,16 +285,18 @@ pub fn run(opts: &BenchProxy) -> Result<()> {
     let per_round: String = (0..direct.len())
         .map(|i| {
             format!(
-                "round {}: direct {:.0}/s p99 {:.2} ms · nginx {:.0}/s p99 {:.2} ms {:.1} µs CPU/req · lattice-proxy {:.0}/s p99 {:.2} ms {:.1} µs CPU/req\n",
+                "round {}: direct {:.0}/s p99 {:.2} ms · nginx {:.0}/s p99 {:.2} ms {:.1} µs CPU/req ({:.1} sys) · lattice-proxy {:.0}/s p99 {:.2} ms {:.1} µs CPU/req ({:.1} sys)\n",
                 i + 1,
                 direct[i].rps,
                 direct[i].p99_ms,
                 nginx[i].rps,
                 nginx[i].p99_ms,
                 nginx[i].cpu_us,
+                nginx[i].sys_us,
                 ours[i].rps,
                 ours[i].p99_ms,
-                ours[i].cpu_us
+                ours[i].cpu_us,
+                ours[i].sys_us,
             )
         })
         .collect();
@@ -475,7 +479,7 @@ fn start_nginx(dir: &Path, name: &'static str, conf: &str) -> Result<Guard> {
 }
 
 fn wrk(opts: &BenchProxy, url: &str, server_pid: u32) -> Result<WrkResult> {
-    let cpu_before = cpu_ticks_tree(server_pid);
+    let (user_before, sys_before) = cpu_ticks_tree(server_pid);
     let out = output(Command::new("wrk").args([
         &format!("-t{}", opts.threads),
         &format!("-c{}", opts.connections),
@@ -485,26 +489,32 @@ fn wrk(opts: &BenchProxy, url: &str, server_pid: u32) -> Result<WrkResult> {
         &format!("Host: {HOST}"),
         url,
     ]))?;
-    let ticks = cpu_ticks_tree(server_pid).saturating_sub(cpu_before);
+    let (user, sys) = cpu_ticks_tree(server_pid);
+    let (user, sys) = (
+        user.saturating_sub(user_before),
+        sys.saturating_sub(sys_before),
+    );
     let mut r = parse_wrk(&out).with_context(|| format!("parsing wrk output:\n{out}"))?;
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    r.cpu_us = ticks as f64 / hz * 1e6 / r.requests.max(1) as f64;
+    let per_request = |ticks: u64| ticks as f64 / hz * 1e6 / r.requests.max(1) as f64;
+    r.cpu_us = per_request(user + sys);
+    r.sys_us = per_request(sys);
     Ok(r)
 }
 
-/// utime + stime of `pid` and its direct children (nginx's workers), in clock ticks.
-fn cpu_ticks_tree(pid: u32) -> u64 {
-    let stat = |p: &str| -> Option<(u32, u64)> {
+/// (utime, stime) of `pid` and its direct children (nginx's workers), in clock ticks.
+fn cpu_ticks_tree(pid: u32) -> (u64, u64) {
+    let stat = |p: &str| -> Option<(u32, (u64, u64))> {
         let s = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
         // Fields after the parenthesised command name; ppid is the 2nd, utime the 12th.
         let rest = &s[s.rfind(')')? + 2..];
         let f: Vec<&str> = rest.split_whitespace().collect();
         Some((
             f[1].parse().ok()?,
-            f[11].parse::<u64>().ok()? + f[12].parse::<u64>().ok()?,
+            (f[11].parse().ok()?, f[12].parse().ok()?),
         ))
     };
-    let mut total = stat(&pid.to_string()).map_or(0, |(_, t)| t);
+    let (mut user, mut sys) = stat(&pid.to_string()).map_or((0, 0), |(_, t)| t);
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
             let name = e.file_name();
@@ -512,13 +522,14 @@ fn cpu_ticks_tree(pid: u32) -> u64 {
             if name.bytes().all(|b| b.is_ascii_digit()) {
                 if let Some((ppid, t)) = stat(&name) {
                     if ppid == pid {
-                        total += t;
+                        user += t.0;
+                        sys += t.1;
                     }
                 }
             }
         }
     }
-    total
+    (user, sys)
 }
 
 fn parse_wrk(out: &str) -> Result<WrkResult> {
@@ -574,6 +585,7 @@ fn median(v: &[WrkResult]) -> WrkResult {
         errors: v.iter().map(|r| r.errors).sum(),
         requests: v.iter().map(|r| r.requests).sum(),
         cpu_us: pick(|r| r.cpu_us),
+        sys_us: pick(|r| r.sys_us),
     }
 }
 

@@ -52,6 +52,11 @@ pub struct BenchProxy {
     /// Also write the Markdown table to this file.
     #[arg(long)]
     pub write: Option<PathBuf>,
+    /// Instead of the wrk rounds, count the instructions each proxy executes per request
+    /// under valgrind's callgrind (one worker each, the same wrk load): a figure that other
+    /// load on the machine cannot disturb.
+    #[arg(long)]
+    pub instructions: bool,
 }
 
 const HOST: &str = "svc.example.com";
@@ -139,6 +144,14 @@ pub fn run(opts: &BenchProxy) -> Result<()> {
     let nginx_port = free_port()?;
     let proxy_port = free_port()?;
     let admin_port = free_port()?;
+    if opts.instructions {
+        return instructions(
+            opts,
+            &dir,
+            &proxy_bin,
+            [up_port, nginx_port, proxy_port, admin_port],
+        );
+    }
 
     step("starting the TLS upstream (nginx) and the nginx reverse proxy");
     let upstream = start_nginx(
@@ -153,33 +166,8 @@ pub fn run(opts: &BenchProxy) -> Result<()> {
     step("starting lattice-proxy");
     let started = Instant::now();
     let proxy = Guard(
-        Command::new(&proxy_bin)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{proxy_port}"),
-                "--admin",
-                &format!("127.0.0.1:{admin_port}"),
-                "--region",
-                "eu-west-1",
-                "--allowed-domain",
-                "example.com",
-                "--upstream-port",
-                &up_port.to_string(),
-                "--resolve",
-                &format!("{HOST}:127.0.0.1"),
-                "--ca-file",
-                dir.join("ca.pem").to_str().unwrap(),
-                "--system-roots=false",
-            ])
+        proxy_command(&proxy_bin, &dir, [up_port, proxy_port, admin_port])
             .args(&opts.proxy_args)
-            .env_clear()
-            .env("AWS_ACCESS_KEY_ID", "AKIDBENCHMARK")
-            .env("AWS_SECRET_ACCESS_KEY", "bench/secret/key")
-            .env("AWS_SESSION_TOKEN", "bench-session-token")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            // The production default: what operators run is what is measured.
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", proxy_bin.display()))?,
         "lattice-proxy",
@@ -453,8 +441,13 @@ fn upstream_conf(dir: &Path, port: u16, h2: bool) -> String {
 }
 
 fn anchor_conf(dir: &Path, port: u16, up_port: u16) -> String {
+    anchor_conf_with(dir, port, up_port, "worker_processes 2;")
+}
+
+/// The anchor with `processes` (the worker count, or a single process without master).
+fn anchor_conf_with(dir: &Path, port: u16, up_port: u16, processes: &str) -> String {
     format!(
-        "worker_processes 2;\ndaemon off;\npid {d}/anchor.pid;\nerror_log {d}/anchor.err warn;\n\
+        "{processes}\ndaemon off;\npid {d}/anchor.pid;\nerror_log {d}/anchor.err warn;\n\
          events {{ worker_connections 8192; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/an-body;\n  proxy_temp_path {d}/an-proxy;\n\
            keepalive_requests 1000000;\n\
@@ -465,6 +458,214 @@ fn anchor_conf(dir: &Path, port: u16, up_port: u16) -> String {
                proxy_ssl_verify on;\n      proxy_ssl_trusted_certificate {d}/ca.pem;\n      proxy_ssl_session_reuse on;\n    }}\n  }}\n}}\n",
         d = dir.display()
     )
+}
+
+/// The proxy command line of the wrk rounds, with the environment the benchmark gives it.
+fn proxy_command(program: &Path, dir: &Path, ports: [u16; 3]) -> Command {
+    let [up_port, proxy_port, admin_port] = ports;
+    let mut cmd = Command::new(program);
+    cmd.args([
+        "--listen",
+        &format!("127.0.0.1:{proxy_port}"),
+        "--admin",
+        &format!("127.0.0.1:{admin_port}"),
+        "--region",
+        "eu-west-1",
+        "--allowed-domain",
+        "example.com",
+        "--upstream-port",
+        &up_port.to_string(),
+        "--resolve",
+        &format!("{HOST}:127.0.0.1"),
+        "--ca-file",
+        dir.join("ca.pem").to_str().unwrap(),
+        "--system-roots=false",
+    ])
+    .env_clear()
+    .env("AWS_ACCESS_KEY_ID", "AKIDBENCHMARK")
+    .env("AWS_SECRET_ACCESS_KEY", "bench/secret/key")
+    .env("AWS_SESSION_TOKEN", "bench-session-token")
+    .env("AWS_EC2_METADATA_DISABLED", "true")
+    // The production default: what operators run is what is measured.
+    .env("RUST_LOG", "info")
+    .stdout(Stdio::null());
+    cmd
+}
+
+/// `--instructions`: nginx and lattice-proxy, one after the other, each a single process
+/// under callgrind, warmed up, then counted over the same wrk load (`-t1 -c4`).
+fn instructions(opts: &BenchProxy, dir: &Path, proxy_bin: &Path, ports: [u16; 4]) -> Result<()> {
+    let [up_port, nginx_port, proxy_port, admin_port] = ports;
+    apt_install(&["valgrind"])?;
+    step("starting the TLS upstream (nginx)");
+    let _upstream = start_nginx(dir, "upstream", &upstream_conf(dir, up_port, false))?;
+    wait_port(up_port)?;
+
+    let callgrind = |out: &Path| {
+        let mut cmd = Command::new("valgrind");
+        cmd.args([
+            "--tool=callgrind",
+            &format!("--callgrind-out-file={}", out.display()),
+        ]);
+        cmd
+    };
+    let mut counts = Vec::new();
+    for name in ["nginx", "lattice-proxy"] {
+        step(&format!(
+            "{name} under callgrind: warming up, then {}s of wrk -t1 -c4",
+            opts.duration
+        ));
+        let out = dir.join(format!("{name}.callgrind"));
+        let (mut cmd, port) = if name == "nginx" {
+            let conf = dir.join("anchor-single.conf");
+            std::fs::write(
+                &conf,
+                anchor_conf_with(
+                    dir,
+                    nginx_port,
+                    up_port,
+                    "master_process off;\nworker_processes 1;",
+                ),
+            )?;
+            let mut cmd = callgrind(&out);
+            cmd.args([
+                "nginx",
+                "-p",
+                dir.to_str().unwrap(),
+                "-c",
+                conf.to_str().unwrap(),
+            ]);
+            (cmd, nginx_port)
+        } else {
+            let mut cmd = callgrind(&out);
+            let proxy = proxy_command(proxy_bin, dir, [up_port, proxy_port, admin_port]);
+            cmd.arg(proxy.get_program())
+                .args(proxy.get_args())
+                .arg("--workers=1")
+                .args(&opts.proxy_args)
+                .env_clear()
+                .envs(proxy.get_envs().filter_map(|(k, v)| Some((k, v?))));
+            (cmd, proxy_port)
+        };
+        let server = Guard(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting valgrind")?,
+            "callgrind",
+        );
+        // Slow under valgrind: wait for a whole answer, not just the port.
+        let start = Instant::now();
+        while check_200(port).is_err() {
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("{name} under callgrind did not answer within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let load = |secs: u64| {
+            output(Command::new("wrk").args([
+                "-t1",
+                "-c4",
+                &format!("-d{secs}s"),
+                "-H",
+                &format!("Host: {HOST}"),
+                &format!("http://127.0.0.1:{port}/"),
+            ]))
+        };
+        load(2)?;
+        let pid = server.0.id().to_string();
+        output(Command::new("callgrind_control").args(["-z", &pid]))?;
+        let r = parse_wrk(&load(opts.duration)?)?;
+        output(Command::new("callgrind_control").args(["-d", &pid]))?;
+        drop(server);
+        // The dump after zeroing is part 1.
+        let dump = std::fs::read_dir(dir)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with(&format!("{name}.callgrind")) && n.ends_with(".1")
+                })
+            })
+            .next()
+            .with_context(|| format!("no callgrind dump of {name} in {}", dir.display()))?;
+        let (total, sha) = callgrind_totals(&std::fs::read_to_string(&dump)?)?;
+        if r.requests == 0 || r.errors > 0 {
+            bail!(
+                "wrk against {name} under callgrind: {} requests, {} errors",
+                r.requests,
+                r.errors
+            );
+        }
+        counts.push((
+            name,
+            r.requests,
+            total as f64 / r.requests as f64,
+            sha as f64 / r.requests as f64,
+        ));
+    }
+    let (n, p) = (counts[0], counts[1]);
+    println!(
+        "\ninstructions per request in user space (callgrind, one worker, wrk -t1 -c4 -d{}s)\n\n\
+         | proxy | requests counted | instructions/request | of which SHA-256 blocks | without them | vs nginx |\n\
+         |---|---:|---:|---:|---:|---:|\n\
+         | nginx reverse proxy, TLS, unsigned | {} | {:.0} | {:.0} | {:.0} | 1.00 |\n\
+         | lattice-proxy, SigV4 + TLS | {} | {:.0} | {:.0} | {:.0} | {:.2} ({:.2} without) |\n\n\
+         valgrind hides SHA-NI, so SHA-256 runs its portable code here: natively the signature's\n\
+         hashing costs a fraction of the 'SHA-256 blocks' column.",
+        opts.duration, n.1, n.2, n.3, n.2 - n.3, p.1, p.2, p.3, p.2 - p.3, p.2 / n.2, (p.2 - p.3) / (n.2 - n.3),
+    );
+    Ok(())
+}
+
+/// Total instructions, and those in SHA-256's block function, from a callgrind dump:
+/// exclusive costs are the cost lines outside `calls=` records.
+fn callgrind_totals(dump: &str) -> Result<(u64, u64)> {
+    let mut names = std::collections::HashMap::new();
+    let mut in_sha = false;
+    let mut after_call = false;
+    let (mut total, mut sha) = (0u64, 0u64);
+    for line in dump.lines() {
+        if let Some(f) = line.strip_prefix("fn=") {
+            // Compressed names: "(id) name" defines, "(id)" refers.
+            let name = match f.split_once(") ") {
+                Some((id, name)) => {
+                    names.insert(id.to_string(), name.to_string());
+                    name.to_string()
+                }
+                None => names
+                    .get(f.trim_end_matches(')'))
+                    .cloned()
+                    .unwrap_or_default(),
+            };
+            in_sha = name.contains("sha256") && name.contains("compress");
+        } else if let Some(f) = line.strip_prefix("cfn=") {
+            if let Some((id, name)) = f.split_once(") ") {
+                names.insert(id.to_string(), name.to_string());
+            }
+        } else if line.starts_with("calls=") {
+            after_call = true;
+        } else if line.starts_with(|c: char| c.is_ascii_digit() || c == '+' || c == '-' || c == '*')
+        {
+            let cost: u64 = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            if after_call {
+                after_call = false;
+            } else {
+                total += cost;
+                if in_sha {
+                    sha += cost;
+                }
+            }
+        }
+    }
+    if total == 0 {
+        bail!("the callgrind dump has no costs");
+    }
+    Ok((total, sha))
 }
 
 fn start_nginx(dir: &Path, name: &'static str, conf: &str) -> Result<Guard> {

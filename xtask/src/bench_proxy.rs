@@ -582,12 +582,11 @@ fn instructions(opts: &BenchProxy, dir: &Path, proxy_bin: &Path, ports: [u16; 4]
         let dump = std::fs::read_dir(dir)?
             .flatten()
             .map(|e| e.path())
-            .filter(|p| {
+            .find(|p| {
                 p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
                     n.starts_with(&format!("{name}.callgrind")) && n.ends_with(".1")
                 })
             })
-            .next()
             .with_context(|| format!("no callgrind dump of {name} in {}", dir.display()))?;
         let (total, sha) = callgrind_totals(&std::fs::read_to_string(&dump)?)?;
         if r.requests == 0 || r.errors > 0 {

@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -184,33 +184,27 @@ pub async fn start(
         let shared = shared.clone();
         let stop_rx = stop_rx.clone();
         tokio::spawn(async move {
-            serve(shared, listeners, stop_rx, 0).await;
+            serve(shared, Source::Listeners(listeners), stop_rx, 0).await;
             let _ = tx.send(());
         });
         finished.push(rx);
     } else {
-        // One single-threaded runtime per worker, each accepting on every listener with its
-        // own upstream pool, like nginx's workers: a request never hops threads, so there
-        // are no cross-thread wake-ups (measured: a work-stealing runtime spent a fifth of
-        // its time in the scheduler's wake-ups and lost a third of the throughput).
-        let std_listeners: Vec<std::net::TcpListener> = listeners
-            .into_iter()
-            .map(|l| l.into_std())
-            .collect::<Result<_, _>>()
-            .map_err(|source| StartError::Bind {
-                addr: config.listen[0],
-                source,
-            })?;
+        // One single-threaded runtime per worker with its own upstream pool, like nginx's
+        // workers: a request never hops threads, so there are no cross-thread wake-ups
+        // (measured: a work-stealing runtime spent a fifth of its time in the scheduler's
+        // wake-ups and lost a third of the throughput). Connections are accepted here and
+        // handed to the worker with the fewest open ones, so a client's few long-lived
+        // connections are spread evenly (workers racing to accept split 16 connections
+        // anywhere from 8/8 to 12/4, and the busier worker set the pace).
+        let mut workers = Vec::new();
         for i in 0..config.workers {
-            let mine: Vec<std::net::TcpListener> = std_listeners
-                .iter()
-                .map(|l| l.try_clone())
-                .collect::<Result<_, _>>()
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen[0],
-                    source,
-                })?;
-            let (tx, rx) = oneshot::channel();
+            let (tx, rx) = mpsc::unbounded_channel();
+            let open = Arc::new(AtomicUsize::new(0));
+            workers.push(WorkerHandle {
+                tx,
+                open: open.clone(),
+            });
+            let (done_tx, done_rx) = oneshot::channel();
             let shared = shared.clone();
             let stop_rx = stop_rx.clone();
             std::thread::Builder::new()
@@ -220,24 +214,24 @@ pub async fn start(
                         .enable_all()
                         .build()
                     {
-                        Ok(rt) => rt.block_on(async move {
-                            let listeners: Vec<TcpListener> = mine
-                                .into_iter()
-                                .filter_map(|l| TcpListener::from_std(l).ok())
-                                .collect();
-                            serve(shared, listeners, stop_rx, i).await;
-                        }),
+                        Ok(rt) => {
+                            rt.block_on(serve(shared, Source::Handed { rx, open }, stop_rx, i))
+                        }
                         Err(e) => {
                             tracing::error!(worker = i, error = %e, "cannot start a worker runtime")
                         }
                     }
-                    let _ = tx.send(());
+                    let _ = done_tx.send(());
                 })
                 .map_err(|source| StartError::Bind {
                     addr: config.listen[0],
                     source,
                 })?;
-            finished.push(rx);
+            finished.push(done_rx);
+        }
+        let workers: Arc<[WorkerHandle]> = workers.into();
+        for l in listeners {
+            tokio::spawn(balance(l, workers.clone(), stop_rx.clone()));
         }
     }
 
@@ -281,14 +275,51 @@ struct Shared {
     metrics: Arc<Metrics>,
 }
 
-/// One worker: its own upstream pool and HTTP server settings, accept loops on every
-/// listener until `stop`, then a drain bounded by the deadline.
-async fn serve(
-    shared: Arc<Shared>,
-    listeners: Vec<TcpListener>,
-    stop: watch::Receiver<bool>,
-    worker: usize,
+/// A worker's end of the balancer: accepted connections, and how many of them are open.
+struct WorkerHandle {
+    tx: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
+    open: Arc<AtomicUsize>,
+}
+
+/// Where a worker's connections come from.
+enum Source {
+    /// Its own accept loops (a single worker on the caller's runtime).
+    Listeners(Vec<TcpListener>),
+    /// The balancer; `open` counts the connections it handed over that are still open.
+    Handed {
+        rx: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+        open: Arc<AtomicUsize>,
+    },
+}
+
+/// Accepts on `listener` until `stop` and hands each connection to the worker with the
+/// fewest open connections.
+async fn balance(
+    listener: TcpListener,
+    workers: Arc<[WorkerHandle]>,
+    mut stop: watch::Receiver<bool>,
 ) {
+    while let Some((stream, client)) = accept(&listener, &mut stop).await {
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        let Some(worker) = workers
+            .iter()
+            .filter(|w| !w.tx.is_closed())
+            .min_by_key(|w| w.open.load(Ordering::Relaxed))
+        else {
+            return;
+        };
+        worker.open.fetch_add(1, Ordering::Relaxed);
+        if worker.tx.send((stream, client)).is_err() {
+            worker.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One worker: its own upstream pool and HTTP server settings, serving the connections from
+/// `source` until `stop`, then a drain bounded by the deadline.
+async fn serve(shared: Arc<Shared>, source: Source, stop: watch::Receiver<bool>, worker: usize) {
     let config = &shared.config;
     let connector = Connector::new(&config.upstream, shared.tls.clone(), shared.metrics.clone());
     let pool = Pool::new(
@@ -321,20 +352,45 @@ async fn serve(
     let http = Arc::new(http);
 
     let graceful = Arc::new(GracefulShutdown::new());
-    let mut accept_tasks = Vec::new();
-    for l in listeners {
-        accept_tasks.push(tokio::spawn(accept_loop(
-            l,
-            proxy.clone(),
-            http.clone(),
-            graceful.clone(),
-            stop.clone(),
-            shared.metrics.clone(),
-        )));
+    let conns = Connections {
+        proxy,
+        http,
+        graceful: graceful.clone(),
+        metrics: shared.metrics.clone(),
+    };
+    match source {
+        Source::Listeners(listeners) => {
+            let mut accept_tasks = Vec::new();
+            for l in listeners {
+                accept_tasks.push(tokio::spawn(accept_loop(l, conns.clone(), stop.clone())));
+            }
+            for t in accept_tasks {
+                let _ = t.await;
+            }
+        }
+        Source::Handed { mut rx, open } => {
+            let mut stop = stop.clone();
+            loop {
+                let (stream, client) = tokio::select! {
+                    biased;
+                    _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
+                    c = rx.recv() => match c {
+                        Some(c) => c,
+                        None => break,
+                    },
+                };
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => conns.serve(stream, client, Some(open.clone())),
+                    Err(e) => {
+                        open.fetch_sub(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "cannot register a connection with the worker");
+                    }
+                }
+            }
+        }
     }
-    for t in accept_tasks {
-        let _ = t.await;
-    }
+    // The accept loops have returned; this was the last other handle on `graceful`.
+    drop(conns);
     let drain_timeout = config.drain_timeout;
     tracing::info!(
         worker,
@@ -342,7 +398,6 @@ async fn serve(
         deadline_s = drain_timeout.as_secs_f64(),
         "stopped accepting; draining in-flight requests"
     );
-    // Every accept loop has returned, so this is the last reference.
     let drained = match Arc::try_unwrap(graceful) {
         Ok(g) => tokio::time::timeout(drain_timeout, g.shutdown())
             .await
@@ -359,28 +414,18 @@ async fn serve(
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What a worker needs to serve a connection.
+#[derive(Clone)]
+struct Connections {
     proxy: Arc<Proxy>,
     http: Arc<auto::Builder<TokioExecutor>>,
     graceful: Arc<GracefulShutdown>,
-    mut stop: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
-) {
-    loop {
-        let (stream, client) = tokio::select! {
-            biased;
-            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning; keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+}
+
+impl Connections {
+    /// Serves one client connection in a task of its own; `open` is decremented when it ends.
+    fn serve(&self, stream: TcpStream, client: SocketAddr, open: Option<Arc<AtomicUsize>>) {
         let info = ConnInfo {
             client,
             original_dst: original_dst(&stream),
@@ -388,17 +433,18 @@ async fn accept_loop(
         // Debug level: an enabled span is entered on every poll of the connection, which the
         // default (info) configuration should not pay for; request events carry the client.
         let span = tracing::debug_span!("conn", %client);
-        let proxy = proxy.clone();
-        let metrics = metrics.clone();
+        let proxy = self.proxy.clone();
+        let metrics = self.metrics.clone();
         let svc = service_fn(move |req| {
             let proxy = proxy.clone();
             async move { Ok::<_, Infallible>(proxy.handle(req, info).await) }
         });
         let _ = stream.set_nodelay(true);
-        let conn = http
+        let conn = self
+            .http
             .serve_connection(TokioIo::new(stream), svc)
             .into_owned();
-        let conn = graceful.watch(conn);
+        let conn = self.graceful.watch(conn);
         metrics.client_connections_open.inc();
         tokio::spawn(
             async move {
@@ -406,9 +452,39 @@ async fn accept_loop(
                     tracing::debug!(error = %e, "client connection ended with an error");
                 }
                 metrics.client_connections_open.dec();
+                if let Some(open) = open {
+                    open.fetch_sub(1, Ordering::Relaxed);
+                }
             }
             .instrument(span),
         );
+    }
+}
+
+async fn accept_loop(listener: TcpListener, conns: Connections, mut stop: watch::Receiver<bool>) {
+    while let Some((stream, client)) = accept(&listener, &mut stop).await {
+        conns.serve(stream, client, None);
+    }
+}
+
+/// The next connection on `listener`, or `None` once `stop` is set.
+async fn accept(
+    listener: &TcpListener,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            biased;
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => return None,
+            r = listener.accept() => match r {
+                Ok(c) => return Some(c),
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
     }
 }
 
@@ -428,5 +504,70 @@ fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
             tracing::debug!(error = %e, "no original destination (connection not redirected)");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Connections go to the worker with the fewest open ones; a worker that has gone away
+    /// is skipped.
+    #[tokio::test]
+    async fn balancer_spreads_connections_evenly() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stop_rx) = watch::channel(false);
+        let mut rxs = Vec::new();
+        let mut handles = Vec::new();
+        for _ in 0..3 {
+            let (tx, rx) = mpsc::unbounded_channel();
+            rxs.push(rx);
+            handles.push(WorkerHandle {
+                tx,
+                open: Arc::new(AtomicUsize::new(0)),
+            });
+        }
+        // Worker 0 already serves two connections.
+        handles[0].open.store(2, Ordering::Relaxed);
+        let workers: Arc<[WorkerHandle]> = handles.into();
+        let balancer = tokio::spawn(balance(listener, workers.clone(), stop_rx));
+
+        let mut clients = Vec::new();
+        for _ in 0..7 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let mut got = [0; 3];
+        for (i, rx) in rxs.iter_mut().enumerate() {
+            while got.iter().sum::<usize>() < 7 {
+                match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+                    Ok(Some(_)) => got[i] += 1,
+                    _ => break,
+                }
+            }
+        }
+        // 2+7 connections over three workers: three each.
+        assert_eq!(got, [1, 3, 3]);
+        let open: Vec<usize> = workers
+            .iter()
+            .map(|w| w.open.load(Ordering::Relaxed))
+            .collect();
+        assert_eq!(open, [3, 3, 3]);
+
+        // Worker 1 stops: the next connections go to 0 and 2 only.
+        drop(rxs.remove(1));
+        for _ in 0..2 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+        }
+        let mut later = 0;
+        for rx in rxs.iter_mut() {
+            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+                later += 1;
+            }
+        }
+        assert_eq!(later, 2);
+
+        stop.send(true).unwrap();
+        balancer.await.unwrap();
     }
 }

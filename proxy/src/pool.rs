@@ -103,40 +103,39 @@ impl Pool {
         &self,
         mut req: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, PoolError> {
-        let uri = req.uri().clone();
-        let authority = uri
-            .authority()
-            .ok_or_else(|| PoolError::NoHost(uri.clone()))?
-            .as_str();
-        let (key, host_header, idle) = self.checkout(authority)?;
+        let (key, host_header, idle) = match req.uri().authority() {
+            Some(authority) => self.checkout(authority.as_str())?,
+            None => return Err(PoolError::NoHost(req.uri().clone())),
+        };
         // Host as hyper-util's client and aws-sigv4 write it: the authority without the
         // default port (the URI only carries a port when it is not 443).
         req.headers_mut().insert(HOST, host_header);
 
-        let idle = match idle {
+        let mut sender = match idle {
             // Normally ready at once; otherwise the connection finishes its previous
             // exchange first (or fails, and a new one is opened).
             Some(Sender::H1(mut tx)) => tx.ready().await.ok().map(|()| Sender::H1(tx)),
             other => other,
         };
-        // Connecting is boxed: its future (DNS, TCP, TLS and HTTP handshakes) is several
-        // KiB, and inline it would make every client connection's request future that big.
-        let (sender, reused) = match idle {
-            Some(s) => (s, true),
-            None => (Box::pin(self.connect(&uri, &key)).await?, false),
-        };
-        // One retry: a reused connection may have been closed by the upstream while idle,
-        // in which case hyper hands the unsent request back.
-        match self.exchange(sender, &key, req).await {
-            Ok(resp) => Ok(resp),
-            Err((err, Some(req))) if reused => {
-                tracing::debug!(error = %err, "pooled connection was closed; reconnecting");
-                let sender = Box::pin(self.connect(&uri, &key)).await?;
-                self.exchange(sender, &key, req)
-                    .await
-                    .map_err(|(e, _)| PoolError::Upstream(e))
+        // At most two rounds: a reused connection may have been closed by the upstream while
+        // idle, in which case hyper hands the unsent request back and a new connection takes
+        // it. A loop, not a second call, keeps one exchange in this (boxed) future.
+        loop {
+            let reused = sender.is_some();
+            let tx = match sender.take() {
+                Some(tx) => tx,
+                // Connecting is boxed: its future (DNS, TCP, TLS and HTTP handshakes) is
+                // several KiB, and would otherwise make every exchange that big.
+                None => Box::pin(self.connect(&key)).await?,
+            };
+            match self.exchange(tx, &key, req).await {
+                Ok(resp) => return Ok(resp),
+                Err((err, Some(unsent))) if reused => {
+                    tracing::debug!(error = %err, "pooled connection was closed; reconnecting");
+                    req = unsent;
+                }
+                Err((err, _)) => return Err(PoolError::Upstream(err)),
             }
-            Err((err, _)) => Err(PoolError::Upstream(err)),
         }
     }
 
@@ -221,8 +220,14 @@ impl Pool {
         Ok((entry.0, entry.1, None))
     }
 
-    async fn connect(&self, uri: &Uri, authority: &Arc<str>) -> Result<Sender, PoolError> {
-        let conn = self.inner.connector.connect(uri.clone()).await?;
+    async fn connect(&self, authority: &Arc<str>) -> Result<Sender, PoolError> {
+        let uri = Uri::builder()
+            .scheme("https")
+            .authority(&**authority)
+            .path_and_query("/")
+            .build()
+            .map_err(|_| PoolError::NoHost(Uri::default()))?;
+        let conn = self.inner.connector.connect(uri).await?;
         if conn.is_h2() {
             let (tx, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())

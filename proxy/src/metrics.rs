@@ -214,21 +214,29 @@ impl RequestShards {
     }
 }
 
+/// One counter per label set, leaving out those never incremented (as a `Family` would).
+fn encode_counters<L: EncodeLabelSet>(
+    mut encoder: MetricEncoder,
+    counts: impl Iterator<Item = (L, u64)>,
+) -> Result<(), std::fmt::Error> {
+    for (labels, n) in counts.filter(|(_, n)| *n > 0) {
+        encoder
+            .encode_family(&labels)?
+            .encode_counter::<(), _, u64>(&n, None)?;
+    }
+    Ok(())
+}
+
 /// `http_requests_total{status}`, summed over the shards.
 #[derive(Debug)]
 struct RequestsByStatus(Arc<RequestShards>);
 
 impl EncodeMetric for RequestsByStatus {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        for (i, status) in STATUSES.enumerate() {
-            let n = self.0.sum(|s| &s.by_status[i]);
-            if n > 0 {
-                encoder
-                    .encode_family(&StatusLabels { status })?
-                    .encode_counter::<(), _, u64>(&n, None)?;
-            }
-        }
-        Ok(())
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let counts = STATUSES
+            .enumerate()
+            .map(|(i, status)| (StatusLabels { status }, self.0.sum(|s| &s.by_status[i])));
+        encode_counters(encoder, counts)
     }
 
     fn metric_type(&self) -> MetricType {
@@ -241,16 +249,14 @@ impl EncodeMetric for RequestsByStatus {
 struct ErrorsByKind(Arc<RequestShards>);
 
 impl EncodeMetric for ErrorsByKind {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        for kind in ErrorKind::ALL {
-            let n = self.0.sum(|s| &s.errors[kind as usize]);
-            if n > 0 {
-                encoder
-                    .encode_family(&ErrorLabels { kind })?
-                    .encode_counter::<(), _, u64>(&n, None)?;
-            }
-        }
-        Ok(())
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let counts = ErrorKind::ALL.into_iter().map(|kind| {
+            (
+                ErrorLabels { kind },
+                self.0.sum(|s| &s.errors[kind as usize]),
+            )
+        });
+        encode_counters(encoder, counts)
     }
 
     fn metric_type(&self) -> MetricType {

@@ -116,9 +116,9 @@ struct CachedKey {
     date: String,
     /// HMAC key (SigV4) or P-256 private scalar (SigV4A), 32 bytes either way.
     key: [u8; 32],
-    /// SigV4: the HMAC already keyed with `key`, cloned per request (saves hashing the key
-    /// pads, two SHA-256 blocks, every time).
-    mac: Option<Hmac<Sha256>>,
+    /// The HMAC already keyed with `key` (used by SigV4), cloned per request: saves hashing
+    /// the key pads, two SHA-256 blocks, every time.
+    mac: Hmac<Sha256>,
     /// The credential scope for this day.
     scope: String,
     /// `<algorithm> Credential=<key id>/<scope>, SignedHeaders=`: the fixed start of the
@@ -269,10 +269,8 @@ impl Signer {
             token,
             date: date.to_owned(),
             key,
-            // An HMAC key of any length is accepted; 32 bytes never fails.
-            mac: matches!(self.algorithm, Algorithm::V4)
-                .then(|| Hmac::<Sha256>::new_from_slice(&key).ok())
-                .flatten(),
+            // As in aws-sigv4: HMAC takes keys of any length, this cannot fail.
+            mac: Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes keys of any length"),
             auth_prefix: format!(
                 "{} Credential={}/{scope}, SignedHeaders=",
                 self.algorithm_name(),
@@ -379,16 +377,16 @@ impl Signer {
         ];
         let v4_signature: [u8; 64];
         let v4a_signature: String;
-        let signature = match (&key.mac, &self.algorithm) {
-            (Some(mac), Algorithm::V4) => {
-                let mut mac = mac.clone();
+        let signature = match &self.algorithm {
+            Algorithm::V4 => {
+                let mut mac = key.mac.clone();
                 for part in sts_parts {
                     mac.update(part.as_bytes());
                 }
                 v4_signature = hex_digest(&mac.finalize_fixed().into());
                 std::str::from_utf8(&v4_signature).unwrap_or_default()
             }
-            _ => {
+            Algorithm::V4a { .. } => {
                 v4a_signature = v4a::calculate_signature(key.key, sts_parts.concat().as_bytes());
                 &v4a_signature
             }

@@ -107,9 +107,6 @@ impl Pool {
             Some(authority) => self.checkout(authority.as_str())?,
             None => return Err(PoolError::NoHost(req.uri().clone())),
         };
-        // Host as hyper-util's client and aws-sigv4 write it: the authority without the
-        // default port (the URI only carries a port when it is not 443).
-        req.headers_mut().insert(HOST, host_header);
 
         let mut sender = match idle {
             // Normally ready at once; otherwise the connection finishes its previous
@@ -128,7 +125,7 @@ impl Pool {
                 // several KiB, and would otherwise make every exchange that big.
                 None => Box::pin(self.connect(&key)).await?,
             };
-            match self.exchange(tx, &key, req).await {
+            match self.exchange(tx, &key, &host_header, req).await {
                 Ok(resp) => return Ok(resp),
                 Err((err, Some(unsent))) if reused => {
                     tracing::debug!(error = %err, "pooled connection was closed; reconnecting");
@@ -139,14 +136,20 @@ impl Pool {
         }
     }
 
+    /// One exchange on `sender`. HTTP/1.1 gets `host` as a header; HTTP/2 carries it as
+    /// :authority only (nginx refuses a request with both: "duplicate host header").
     async fn exchange(
         &self,
         sender: Sender,
         authority: &Arc<str>,
+        host: &HeaderValue,
         mut req: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, (hyper::Error, Option<Request<ProxyBody>>)> {
         match sender {
             Sender::H1(mut tx) => {
+                // Host as hyper-util's client and aws-sigv4 write it: the authority without
+                // the default port (the URI only carries a port when it is not 443).
+                req.headers_mut().insert(HOST, host.clone());
                 // HTTP/1.1 wants origin-form on the wire.
                 let pq = req
                     .uri()
@@ -180,13 +183,17 @@ impl Pool {
                     }
                 }
             }
-            Sender::H2(mut tx) => match tx.try_send_request(req).await {
-                Ok(resp) => Ok(resp.map(ProxyBody::from)),
-                Err(mut e) => {
-                    let req = e.take_message();
-                    Err((e.into_error(), req))
+            Sender::H2(mut tx) => {
+                // A request handed back by an HTTP/1.1 connection that closed has one.
+                req.headers_mut().remove(HOST);
+                match tx.try_send_request(req).await {
+                    Ok(resp) => Ok(resp.map(ProxyBody::from)),
+                    Err(mut e) => {
+                        let req = e.take_message();
+                        Err((e.into_error(), req))
+                    }
                 }
-            },
+            }
         }
     }
 

@@ -374,6 +374,11 @@ async fn upstream_handle(
     seen: Arc<Mutex<Vec<Seen>>>,
     pca_pem: Arc<Option<String>>,
 ) -> Response<UpBody> {
+    // Like nginx (400, "client sent duplicate host header"): an HTTP/2 request carries its
+    // authority in :authority, and a Host header besides it is refused.
+    if req.version() == http::Version::HTTP_2 && req.headers().contains_key("host") {
+        return full(StatusCode::BAD_REQUEST, "duplicate host header\n");
+    }
     let host = req
         .headers()
         .get("host")

@@ -7,11 +7,12 @@
 //! the proxy is not ready; without valid credentials requests get 503 — never forwarded
 //! unsigned.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_config::BehaviorVersion;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_credential_types::Credentials;
 use aws_smithy_runtime_api::client::identity::Identity;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_types::region::Region;
@@ -49,6 +50,73 @@ pub enum State {
     },
 }
 
+impl State {
+    /// The identity to sign with now, or why there is none.
+    fn identity(&self) -> Result<Identity, CredentialsUnavailable> {
+        match self {
+            State::Loading => Err(CredentialsUnavailable::Loading),
+            State::Failed { cause } => Err(CredentialsUnavailable::Failed(cause.clone())),
+            State::Ready {
+                identity,
+                expiry,
+                last_error,
+            } => {
+                if matches!(expiry, Some(e) if *e <= SystemTime::now()) {
+                    let cause = last_error
+                        .clone()
+                        .unwrap_or_else(|| Arc::from("no refresh has succeeded yet"));
+                    Err(CredentialsUnavailable::Expired(cause))
+                } else {
+                    Ok(identity.clone())
+                }
+            }
+        }
+    }
+
+    /// The same state with an identity of its own: cloning it per request then bumps
+    /// reference counts no other worker touches (the credentials inside stay shared, and
+    /// are only read).
+    fn unshared(&self) -> State {
+        match self {
+            State::Ready {
+                identity,
+                expiry,
+                last_error,
+            } => State::Ready {
+                identity: match identity.data::<Credentials>() {
+                    Some(creds) => Identity::new(creds.clone(), identity.expiration()),
+                    None => identity.clone(),
+                },
+                expiry: *expiry,
+                last_error: last_error.clone(),
+            },
+            other => other.clone(),
+        }
+    }
+}
+
+/// One worker's copy of the credentials, taken again from the shared cache when that
+/// changes. Requests then touch only their worker's memory: reading the shared `watch`
+/// takes a lock, and cloning the shared identity bumps reference counts, on cache lines
+/// every worker would write for every request.
+#[derive(Debug)]
+pub struct WorkerCredentials {
+    inner: Mutex<(watch::Receiver<State>, State)>,
+}
+
+impl WorkerCredentials {
+    /// The identity to sign with now, or why there is none.
+    pub fn identity(&self) -> Result<Identity, CredentialsUnavailable> {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (rx, state) = &mut *guard;
+        // A version check (an atomic load) unless the refresh task sent something new.
+        if rx.has_changed().unwrap_or(false) {
+            *state = rx.borrow_and_update().unshared();
+        }
+        state.identity()
+    }
+}
+
 /// Why no credentials are available for a request.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CredentialsUnavailable {
@@ -79,23 +147,15 @@ impl CredentialsCache {
 
     /// The identity to sign with now, or why there is none.
     pub fn identity(&self) -> Result<Identity, CredentialsUnavailable> {
-        match &*self.rx.borrow() {
-            State::Loading => Err(CredentialsUnavailable::Loading),
-            State::Failed { cause } => Err(CredentialsUnavailable::Failed(cause.clone())),
-            State::Ready {
-                identity,
-                expiry,
-                last_error,
-            } => {
-                if matches!(expiry, Some(e) if *e <= SystemTime::now()) {
-                    let cause = last_error
-                        .clone()
-                        .unwrap_or_else(|| Arc::from("no refresh has succeeded yet"));
-                    Err(CredentialsUnavailable::Expired(cause))
-                } else {
-                    Ok(identity.clone())
-                }
-            }
+        self.rx.borrow().identity()
+    }
+
+    /// A copy for one worker's request path (see [`WorkerCredentials`]).
+    pub fn for_worker(&self) -> WorkerCredentials {
+        let rx = self.rx.clone();
+        let state = rx.borrow().unshared();
+        WorkerCredentials {
+            inner: Mutex::new((rx, state)),
         }
     }
 
@@ -246,7 +306,56 @@ pub async fn default_chain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_credential_types::Credentials;
+
+    fn ready(key_id: &str, expiry: Option<SystemTime>) -> State {
+        let creds = Credentials::new(key_id, "SECRET", None, expiry, "test");
+        State::Ready {
+            identity: Identity::new(creds, expiry),
+            expiry,
+            last_error: Some(Arc::from("refresh failed: test")),
+        }
+    }
+
+    fn key_id(id: &Identity) -> String {
+        id.data::<Credentials>().unwrap().access_key_id().to_owned()
+    }
+
+    /// A worker's copy follows every change of the shared cache.
+    #[test]
+    fn worker_copies_follow_the_shared_cache() {
+        let (tx, rx) = watch::channel(State::Loading);
+        let shared = CredentialsCache { rx };
+        let worker = shared.for_worker();
+        assert!(matches!(
+            worker.identity(),
+            Err(CredentialsUnavailable::Loading)
+        ));
+        tx.send(ready("AKID1", None)).unwrap();
+        assert_eq!(key_id(&worker.identity().unwrap()), "AKID1");
+        // Unchanged: the same copy again.
+        assert_eq!(key_id(&worker.identity().unwrap()), "AKID1");
+        tx.send(ready("AKID2", None)).unwrap();
+        assert_eq!(key_id(&worker.identity().unwrap()), "AKID2");
+        // A worker made later starts from the current value.
+        assert_eq!(key_id(&shared.for_worker().identity().unwrap()), "AKID2");
+        tx.send(ready(
+            "AKID3",
+            Some(SystemTime::now() - Duration::from_secs(1)),
+        ))
+        .unwrap();
+        match worker.identity() {
+            Err(CredentialsUnavailable::Expired(cause)) => assert!(cause.contains("test")),
+            other => panic!("expired credentials were handed out: {other:?}"),
+        }
+        tx.send(State::Failed {
+            cause: Arc::from("no provider"),
+        })
+        .unwrap();
+        assert!(matches!(
+            worker.identity(),
+            Err(CredentialsUnavailable::Failed(_))
+        ));
+    }
 
     #[tokio::test]
     async fn static_credentials_become_ready() {

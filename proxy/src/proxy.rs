@@ -16,7 +16,7 @@ use smallvec::SmallVec;
 
 use crate::allow::{AllowList, Refusal};
 use crate::body::ProxyBody;
-use crate::credentials::CredentialsCache;
+use crate::credentials::WorkerCredentials;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolError};
@@ -35,7 +35,7 @@ pub struct ConnInfo {
 pub struct Proxy {
     allow: AllowList,
     signer: Arc<Signer>,
-    credentials: CredentialsCache,
+    credentials: WorkerCredentials,
     pool: Pool,
     upstream_port: u16,
     response_timeout: Duration,
@@ -110,7 +110,7 @@ impl Proxy {
     pub fn new(
         allow: AllowList,
         signer: Arc<Signer>,
-        credentials: CredentialsCache,
+        credentials: WorkerCredentials,
         pool: Pool,
         upstream_port: u16,
         response_timeout: Duration,

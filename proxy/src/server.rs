@@ -329,8 +329,9 @@ async fn serve(shared: Arc<Shared>, source: Source, stop: watch::Receiver<bool>,
     );
     let proxy = Arc::new(Proxy::new(
         config.allow.clone(),
-        shared.signer.clone(),
-        shared.credentials.clone(),
+        // Per worker: the request path then writes no memory another worker writes.
+        Arc::new(shared.signer.for_worker()),
+        shared.credentials.for_worker(),
         pool,
         config.upstream.port,
         config.upstream.response_timeout,

@@ -171,6 +171,20 @@ impl Signer {
         }
     }
 
+    /// The same signer with a key cache of its own, for one worker: the cache's lock and
+    /// the cached key's reference count are then only touched by that worker.
+    pub fn for_worker(&self) -> Signer {
+        Signer {
+            region: self.region.clone(),
+            name: self.name.clone(),
+            payload: self.payload,
+            extra: self.extra.clone(),
+            algorithm: self.algorithm.clone(),
+            log_signing: self.log_signing,
+            key: RwLock::new(None),
+        }
+    }
+
     /// Signs with `algorithm` instead of SigV4.
     pub fn with_algorithm(mut self, algorithm: Algorithm) -> Self {
         self.algorithm = algorithm;

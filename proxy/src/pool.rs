@@ -206,25 +206,20 @@ impl Pool {
         let mut hosts = self.inner.hosts.lock().unwrap_or_else(|p| p.into_inner());
         let host = match hosts.get_mut(authority) {
             Some(host) => host,
-            None => {
-                let host =
-                    Host::new(authority.into()).ok_or_else(|| PoolError::NoHost(Uri::default()))?;
-                hosts.entry(host.authority.clone()).or_insert(host)
-            }
+            // First request for this authority: the only time its name is copied.
+            None => host_mut(&mut hosts, &Arc::from(authority))
+                .ok_or_else(|| PoolError::NoHost(Uri::default()))?,
         };
-        let entry = (host.authority.clone(), host.host_header.clone());
-        if let Some(h2) = &host.h2 {
-            if !h2.is_closed() {
-                return Ok((entry.0, entry.1, Some(Sender::H2(h2.clone()))));
-            }
+        if host.h2.as_ref().is_some_and(|h2| h2.is_closed()) {
             host.h2 = None;
         }
-        while let Some((tx, since)) = host.idle.pop() {
-            if !tx.is_closed() && since.elapsed() < self.inner.idle_timeout {
-                return Ok((entry.0, entry.1, Some(Sender::H1(tx))));
-            }
-        }
-        Ok((entry.0, entry.1, None))
+        let sender = match &host.h2 {
+            Some(h2) => Some(Sender::H2(h2.clone())),
+            None => std::iter::from_fn(|| host.idle.pop())
+                .find(|(tx, since)| !tx.is_closed() && since.elapsed() < self.inner.idle_timeout)
+                .map(|(tx, _)| Sender::H1(tx)),
+        };
+        Ok((host.authority.clone(), host.host_header.clone(), sender))
     }
 
     async fn connect(&self, authority: &Arc<str>) -> Result<Sender, PoolError> {

@@ -291,11 +291,12 @@ impl Proxy {
             ))
         } else if let Err(refusal) = self.allow.check(&host) {
             Err(RouteError::Refused(refusal))
-        } else if self.upstream_port == 443 {
-            Authority::try_from(host.as_str())
-                .map_err(|e| RouteError::BadRequest(format!("host {host:?}: {e}")))
         } else {
-            Authority::try_from(format!("{host}:{}", self.upstream_port))
+            let upstream = match self.upstream_port {
+                443 => host.clone(),
+                port => format!("{host}:{port}"),
+            };
+            Authority::try_from(upstream)
                 .map_err(|e| RouteError::BadRequest(format!("host {host:?}: {e}")))
         };
         Ok(Route { host, upstream })

@@ -18,6 +18,7 @@ pub mod allow;
 pub mod body;
 pub mod config;
 pub mod credentials;
+pub mod deadline;
 pub mod error;
 pub mod metrics;
 pub mod orig_dst;

@@ -17,6 +17,7 @@ use smallvec::SmallVec;
 use crate::allow::{AllowList, Refusal};
 use crate::body::ProxyBody;
 use crate::credentials::WorkerCredentials;
+use crate::deadline::Deadlines;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolError};
@@ -39,6 +40,8 @@ pub struct Proxy {
     pool: Pool,
     upstream_port: u16,
     response_timeout: Duration,
+    /// The worker's timer for the response timeout.
+    deadlines: Deadlines,
     strip: Vec<HeaderName>,
     metrics: Arc<Metrics>,
     /// The worker this handler belongs to (its metrics shard).
@@ -114,6 +117,7 @@ impl Proxy {
         pool: Pool,
         upstream_port: u16,
         response_timeout: Duration,
+        deadlines: Deadlines,
         strip: Vec<HeaderName>,
         metrics: Arc<Metrics>,
         worker: usize,
@@ -125,6 +129,7 @@ impl Proxy {
             pool,
             upstream_port,
             response_timeout,
+            deadlines,
             strip,
             metrics,
             worker,
@@ -228,7 +233,11 @@ impl Proxy {
         // Boxed: hyper keeps one request future per client connection, sized for its largest
         // state; inline, the exchange would make 1 000 idle connections cost 2.5 MiB more.
         let exchange = Box::pin(self.pool.send(up));
-        let resp = match tokio::time::timeout(self.response_timeout, exchange).await {
+        let resp = match self
+            .deadlines
+            .timeout(self.response_timeout, exchange)
+            .await
+        {
             Err(_) => {
                 return Err(ProxyError::ResponseTimeout {
                     host: route.host.clone(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aws_credential_types::provider::SharedCredentialsProvider;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::registry::Registry;
@@ -21,6 +21,7 @@ use tracing::Instrument;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::credentials::CredentialsCache;
+use crate::deadline::Deadlines;
 use crate::metrics::Metrics;
 use crate::orig_dst;
 use crate::pool::Pool;
@@ -321,6 +322,8 @@ async fn balance(
 /// `source` until `stop`, then a drain bounded by the deadline.
 async fn serve(shared: Arc<Shared>, source: Source, stop: watch::Receiver<bool>, worker: usize) {
     let config = &shared.config;
+    let (deadlines, ticker) = Deadlines::new();
+    tokio::spawn(ticker);
     let connector = Connector::new(&config.upstream, shared.tls.clone(), shared.metrics.clone());
     let pool = Pool::new(
         connector,
@@ -335,6 +338,7 @@ async fn serve(shared: Arc<Shared>, source: Source, stop: watch::Receiver<bool>,
         pool,
         config.upstream.port,
         config.upstream.response_timeout,
+        deadlines.clone(),
         config.strip_headers.clone(),
         shared.metrics.clone(),
         worker,
@@ -342,12 +346,12 @@ async fn serve(shared: Arc<Shared>, source: Source, stop: watch::Receiver<bool>,
 
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1()
-        .timer(TokioTimer::new())
+        .timer(deadlines.clone())
         .keep_alive(true)
         .header_read_timeout(config.header_read_timeout)
         .max_buf_size(config.max_header_bytes);
     http.http2()
-        .timer(TokioTimer::new())
+        .timer(deadlines)
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(1024);
     let http = Arc::new(http);

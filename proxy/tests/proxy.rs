@@ -520,6 +520,46 @@ async fn raw_protocol_edges() {
     p.shutdown().await;
 }
 
+/// --header-read-timeout closes a connection whose request head does not arrive in time
+/// (slowloris), not sooner, and leaves a connection that sends its head in time alone.
+#[tokio::test]
+async fn slow_request_heads_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let mut cfg = config(&up, &["--header-read-timeout", "400ms"]);
+    // Worker runtimes, as in production: the timer is per worker.
+    cfg.workers = 1;
+    let p = start_proxy(cfg).await;
+    let addr = p.proxy_addrs()[0];
+
+    let start = std::time::Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: svc.exa")
+        .await
+        .unwrap();
+    // A well-behaved client on another connection is served meanwhile.
+    let r = raw(
+        addr,
+        format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut out))
+        .await
+        .expect("the connection with an unfinished head is still open after 10 s")
+        .unwrap();
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400),
+        "closed after {waited:?}, before the 400 ms timeout"
+    );
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.is_empty() || out.starts_with("HTTP/1.1 408"), "{out}");
+    p.shutdown().await;
+}
+
 #[tokio::test]
 async fn admin_endpoints() {
     let up = Upstream::start().await;

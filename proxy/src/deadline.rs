@@ -72,9 +72,14 @@ impl Deadlines {
 
     /// Runs `fut` until it completes or `after` has passed, whichever is first.
     pub fn timeout<F: Future>(&self, after: Duration, fut: F) -> Timeout<F> {
+        self.timeout_at(now() + after, fut)
+    }
+
+    /// Runs `fut` until it completes or `deadline` has passed, whichever is first.
+    pub fn timeout_at<F: Future>(&self, deadline: Instant, fut: F) -> Timeout<F> {
         Timeout {
             fut,
-            deadline: self.sleep_until(now() + after),
+            deadline: self.sleep_until(deadline),
         }
     }
 

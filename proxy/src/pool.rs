@@ -28,6 +28,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::body::ProxyBody;
 use crate::upstream::{ConnectError, Connector};
 
+/// A map keyed by service names, hashed with foldhash: several lookups per request, and the
+/// keys come from the pod's own applications (and the route cache is bounded), so SipHash's
+/// flooding resistance buys nothing here.
+pub type Names<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// Why a request could not be exchanged with the upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
@@ -52,7 +57,7 @@ struct Inner {
     connector: Connector,
     idle_timeout: Duration,
     max_idle_per_host: usize,
-    hosts: Mutex<HashMap<Arc<str>, Host>>,
+    hosts: Mutex<Names<Arc<str>, Host>>,
 }
 
 struct Host {
@@ -91,20 +96,22 @@ impl Pool {
             connector,
             idle_timeout,
             max_idle_per_host,
-            hosts: Mutex::new(HashMap::new()),
+            hosts: Mutex::new(Names::default()),
         });
         tokio::spawn(reap(Arc::downgrade(&inner)));
         Pool { inner }
     }
 
     /// Sends `req` (absolute URI, HTTP/1.1 version) and returns the response headers; the
-    /// body streams afterwards and hands its connection back when it ends.
+    /// body streams afterwards and hands its connection back when it ends. `now` is the
+    /// caller's recent reading of the clock, for the idle-timeout check.
     pub async fn send(
         &self,
         mut req: Request<ProxyBody>,
+        now: Instant,
     ) -> Result<Response<ProxyBody>, PoolError> {
         let (key, host_header, idle) = match req.uri().authority() {
-            Some(authority) => self.checkout(authority.as_str())?,
+            Some(authority) => self.checkout(authority.as_str(), now)?,
             None => return Err(PoolError::NoHost(req.uri().clone())),
         };
 
@@ -202,6 +209,7 @@ impl Pool {
     fn checkout(
         &self,
         authority: &str,
+        now: Instant,
     ) -> Result<(Arc<str>, HeaderValue, Option<Sender>), PoolError> {
         let mut hosts = self.inner.hosts.lock().unwrap_or_else(|p| p.into_inner());
         let host = match hosts.get_mut(authority) {
@@ -216,7 +224,10 @@ impl Pool {
         let sender = match &host.h2 {
             Some(h2) => Some(Sender::H2(h2.clone())),
             None => std::iter::from_fn(|| host.idle.pop())
-                .find(|(tx, since)| !tx.is_closed() && since.elapsed() < self.inner.idle_timeout)
+                .find(|(tx, since)| {
+                    !tx.is_closed()
+                        && now.saturating_duration_since(*since) < self.inner.idle_timeout
+                })
                 .map(|(tx, _)| Sender::H1(tx)),
         };
         Ok((host.authority.clone(), host.host_header.clone(), sender))
@@ -279,7 +290,7 @@ impl Inner {
 /// The entry for `authority`, made again if the reaper dropped it (it drops entries with
 /// nothing idle, busy connections notwithstanding).
 fn host_mut<'a>(
-    hosts: &'a mut HashMap<Arc<str>, Host>,
+    hosts: &'a mut Names<Arc<str>, Host>,
     authority: &Arc<str>,
 ) -> Option<&'a mut Host> {
     match hosts.entry(authority.clone()) {

@@ -1,6 +1,5 @@
 //! One request: check host → rewrite URI → strip hop-by-hop → sign → forward.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -20,7 +19,7 @@ use crate::credentials::WorkerCredentials;
 use crate::deadline::Deadlines;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::pool::{Pool, PoolError};
+use crate::pool::{Names, Pool, PoolError};
 use crate::sign::{canonical_query, hex, PayloadMode, Signer};
 
 /// What the server knows about the client connection.
@@ -49,7 +48,7 @@ pub struct Proxy {
     /// Service names seen by this worker, keyed by the authority bytes the application
     /// sent: parsing, lower-casing, the allow-list and the upstream authority are worked out
     /// once per name instead of once per request.
-    routes: Mutex<HashMap<Box<[u8]>, Arc<Route>>>,
+    routes: Mutex<Names<Box<[u8]>, Arc<Route>>>,
 }
 
 /// At most this many names are remembered; the cache starts over when full, so an
@@ -133,7 +132,7 @@ impl Proxy {
             strip,
             metrics,
             worker,
-            routes: Mutex::new(HashMap::new()),
+            routes: Mutex::new(Names::default()),
         }
     }
 
@@ -145,7 +144,7 @@ impl Proxy {
         // A cheap clone (shared bytes), kept for the log lines.
         let target = req.uri().clone();
         let path = target.path();
-        let (mut resp, error) = match self.forward(req).await {
+        let (mut resp, error) = match self.forward(req, start).await {
             Ok(resp) => (resp, None),
             Err(err) => {
                 let kind = err.kind();
@@ -169,7 +168,12 @@ impl Proxy {
         resp
     }
 
-    async fn forward(&self, req: Request<Incoming>) -> Result<Response<ProxyBody>, ProxyError> {
+    /// Forwards `req`, received at `start` (the response deadline counts from there).
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        start: Instant,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         if req.method() == Method::CONNECT {
             return Err(ProxyError::ConnectUnsupported);
         }
@@ -232,12 +236,9 @@ impl Proxy {
 
         // Boxed: hyper keeps one request future per client connection, sized for its largest
         // state; inline, the exchange would make 1 000 idle connections cost 2.5 MiB more.
-        let exchange = Box::pin(self.pool.send(up));
-        let resp = match self
-            .deadlines
-            .timeout(self.response_timeout, exchange)
-            .await
-        {
+        let exchange = Box::pin(self.pool.send(up, start));
+        let deadline = start + self.response_timeout;
+        let resp = match self.deadlines.timeout_at(deadline, exchange).await {
             Err(_) => {
                 return Err(ProxyError::ResponseTimeout {
                     host: route.host.clone(),

@@ -25,7 +25,7 @@ use crate::setup::{apt_install, output, run as run_cmd, step, workspace_root};
 #[derive(Debug, Args)]
 pub struct BenchProxy {
     /// Seconds per wrk run.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 5)]
     pub duration: u64,
     /// Concurrent keep-alive connections per wrk run.
     #[arg(long, default_value_t = 16)]
@@ -33,8 +33,10 @@ pub struct BenchProxy {
     /// wrk threads.
     #[arg(long, default_value_t = 2)]
     pub threads: u32,
-    /// Rounds; each runs direct, nginx and lattice-proxy back to back (medians reported).
-    #[arg(long, default_value_t = 3)]
+    /// Rounds; each runs direct, then nginx and lattice-proxy back to back in alternating
+    /// order (medians reported). Many short rounds pair the two proxies more closely in time
+    /// than a few long ones.
+    #[arg(long, default_value_t = 6)]
     pub rounds: u32,
     /// Open connections for the memory-under-connections figure.
     #[arg(long, default_value_t = 1000)]
@@ -191,16 +193,29 @@ pub fn run(opts: &BenchProxy) -> Result<()> {
             &format!("https://127.0.0.1:{up_port}/"),
             upstream.0.id(),
         )?);
-        nginx.push(wrk(
-            opts,
-            &format!("http://127.0.0.1:{nginx_port}/"),
-            anchor.0.id(),
-        )?);
-        ours.push(wrk(
-            opts,
-            &format!("http://127.0.0.1:{proxy_port}/"),
-            proxy.0.id(),
-        )?);
+        // nginx and lattice-proxy run back to back, in alternating order, so that a
+        // machine getting busier or quieter during a round does not favour either.
+        let run_nginx = || {
+            wrk(
+                opts,
+                &format!("http://127.0.0.1:{nginx_port}/"),
+                anchor.0.id(),
+            )
+        };
+        let run_ours = || {
+            wrk(
+                opts,
+                &format!("http://127.0.0.1:{proxy_port}/"),
+                proxy.0.id(),
+            )
+        };
+        if round % 2 == 1 {
+            nginx.push(run_nginx()?);
+            ours.push(run_ours()?);
+        } else {
+            ours.push(run_ours()?);
+            nginx.push(run_nginx()?);
+        }
     }
     let rss_after_load = rss_kib(proxy.0.id())?;
 
@@ -217,6 +232,12 @@ pub fn run(opts: &BenchProxy) -> Result<()> {
     drop(upstream);
 
     let (d, n, p) = (median(&direct), median(&nginx), median(&ours));
+    // The ratios are taken round by round, from runs a few seconds apart, and their median
+    // reported: drift of the machine between rounds then cancels out.
+    let rps_ratio = median_of(ours.iter().zip(&nginx).map(|(o, n)| o.rps / n.rps));
+    let p99_ratio = median_of(ours.iter().zip(&nginx).map(|(o, n)| o.p99_ms / n.p99_ms));
+    let direct_rps_ratio = median_of(direct.iter().zip(&nginx).map(|(d, n)| d.rps / n.rps));
+    let direct_p99_ratio = median_of(direct.iter().zip(&nginx).map(|(d, n)| d.p99_ms / n.p99_ms));
     let errors: u64 = ours
         .iter()
         .chain(&nginx)
@@ -224,7 +245,8 @@ pub fn run(opts: &BenchProxy) -> Result<()> {
         .map(|r| r.errors)
         .sum();
     let table = format!(
-        "keep-alive {BODY_BYTES} B GETs, wrk -t{} -c{} -d{}s, {} interleaved rounds (medians), {} CPUs\n\n\
+        "keep-alive {BODY_BYTES} B GETs, wrk -t{} -c{} -d{}s, {} interleaved rounds (medians; \
+         ratios: median of the per-round ratios, nginx and lattice-proxy in alternating order), {} CPUs\n\n\
          | path | requests/s | p50 | p99 | req/s vs nginx | p99 vs nginx | server CPU per request |\n\
          |---|---:|---:|---:|---:|---:|---:|\n\
          | direct TLS to upstream (limit) | {:.0} | {:.2} ms | {:.2} ms | {:.2} | {:.2} | {:.1} µs (upstream) |\n\
@@ -247,8 +269,8 @@ pub fn run(opts: &BenchProxy) -> Result<()> {
         d.rps,
         d.p50_ms,
         d.p99_ms,
-        d.rps / n.rps,
-        d.p99_ms / n.p99_ms,
+        direct_rps_ratio,
+        direct_p99_ratio,
         d.cpu_us,
         n.rps,
         n.p50_ms,
@@ -257,8 +279,8 @@ pub fn run(opts: &BenchProxy) -> Result<()> {
         p.rps,
         p.p50_ms,
         p.p99_ms,
-        p.rps / n.rps,
-        p.p99_ms / n.p99_ms,
+        rps_ratio,
+        p99_ratio,
         p.cpu_us,
         accept_ms,
         ready_ms,
@@ -266,14 +288,14 @@ pub fn run(opts: &BenchProxy) -> Result<()> {
         rss_after_load as f64 / 1024.0,
         opts.open_connections,
         rss_conns as f64 / 1024.0,
-        p.rps / n.rps,
-        p.p99_ms / n.p99_ms,
+        rps_ratio,
+        p99_ratio,
     );
     println!("\n{table}");
     let per_round: String = (0..direct.len())
         .map(|i| {
             format!(
-                "round {}: direct {:.0}/s p99 {:.2} ms · nginx {:.0}/s p99 {:.2} ms {:.1} µs CPU/req ({:.1} sys) · lattice-proxy {:.0}/s p99 {:.2} ms {:.1} µs CPU/req ({:.1} sys)\n",
+                "round {}: direct {:.0}/s p99 {:.2} ms · nginx {:.0}/s p99 {:.2} ms {:.1} µs CPU/req ({:.1} sys) · lattice-proxy {:.0}/s p99 {:.2} ms {:.1} µs CPU/req ({:.1} sys) · ratios {:.3} × req/s, {:.2} × p99\n",
                 i + 1,
                 direct[i].rps,
                 direct[i].p99_ms,
@@ -285,6 +307,8 @@ pub fn run(opts: &BenchProxy) -> Result<()> {
                 ours[i].p99_ms,
                 ours[i].cpu_us,
                 ours[i].sys_us,
+                ours[i].rps / nginx[i].rps,
+                ours[i].p99_ms / nginx[i].p99_ms,
             )
         })
         .collect();
@@ -772,12 +796,20 @@ fn ms(v: &str) -> Result<f64> {
     Ok(num.parse::<f64>()? * scale)
 }
 
+/// The median of at least one value (the mean of the middle two for an even count).
+fn median_of(values: impl Iterator<Item = f64>) -> f64 {
+    let mut x: Vec<f64> = values.collect();
+    x.sort_by(|a, b| a.total_cmp(b));
+    let mid = x.len() / 2;
+    if x.len().is_multiple_of(2) {
+        (x[mid - 1] + x[mid]) / 2.0
+    } else {
+        x[mid]
+    }
+}
+
 fn median(v: &[WrkResult]) -> WrkResult {
-    let pick = |f: fn(&WrkResult) -> f64| {
-        let mut x: Vec<f64> = v.iter().map(f).collect();
-        x.sort_by(|a, b| a.total_cmp(b));
-        x[x.len() / 2]
-    };
+    let pick = |f: fn(&WrkResult) -> f64| median_of(v.iter().map(f));
     WrkResult {
         rps: pick(|r| r.rps),
         p50_ms: pick(|r| r.p50_ms),

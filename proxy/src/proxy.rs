@@ -83,27 +83,42 @@ impl From<RouteError> for ProxyError {
 /// Request headers that never travel upstream: hop-by-hop ones (RFC 9110 §7.6.1), ones the
 /// proxy answers itself (`expect`), and ones whose inbound values must not reach Lattice
 /// (an app's own signature; the signer sets `x-amz-*` itself).
-const STRIPPED_REQUEST: &[HeaderName] = &[
-    header::CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::EXPECT,
-    header::HOST,
-    header::AUTHORIZATION,
-];
+/// Request headers that do not go upstream: hop-by-hop ones (RFC 9110 §7.6.1), an
+/// `Expect` the proxy has answered, the application's own credentials and signature
+/// headers, and the `x-amzn-lattice-*` identity headers Lattice adds toward targets, which
+/// nobody upstream may be fooled by. `host` is not among them: the pool sets it from the
+/// route for HTTP/1.1 and removes it for HTTP/2, overwriting whatever the application sent.
+/// A `match` on the name compiles to a length switch and one comparison, where a list of
+/// `HeaderName`s would be compared one by one for every header.
+fn request_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "expect"
+            | "authorization"
+    ) || name.starts_with("proxy-")
+        || name.starts_with("x-amz-")
+        || name.starts_with("x-amzn-lattice-")
+}
 
 /// Hop-by-hop response headers.
-const STRIPPED_RESPONSE: &[HeaderName] = &[
-    header::CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+fn response_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-connection"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
 impl Proxy {
     /// Creates the handler of one worker; `strip` are extra request headers to drop
@@ -256,7 +271,7 @@ impl Proxy {
         };
 
         let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers, STRIPPED_RESPONSE);
+        strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(parts, body))
     }
 
@@ -337,58 +352,65 @@ fn upstream_uri(authority: Authority, pq: Option<&PathAndQuery>) -> Result<Uri, 
         .map_err(|e| ProxyError::BadRequest(e.to_string()))
 }
 
-/// Removes hop-by-hop headers (the fixed set and any named by `Connection`), the
-/// application's own `x-amz-*` and `authorization`, and `x-amzn-lattice-*` identity headers
-/// that Lattice adds toward targets and nobody upstream may be fooled by.
+/// Removes the request headers that must not go upstream ([`request_hop_by_hop`] and those
+/// named by `Connection`), keeping `te: trailers`, which gRPC needs end to end and which is
+/// the only TE value HTTP/2 allows.
 fn strip_request_headers(headers: &mut HeaderMap) {
-    // gRPC needs `te: trailers` end to end; it is the only TE value HTTP/2 allows.
-    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
-    strip(headers, STRIPPED_REQUEST, |k| {
-        let k = k.as_str();
-        k.starts_with("x-amz-") || k.starts_with("x-amzn-lattice-") || k.starts_with("proxy-")
-    });
+    let mut doomed = Doomed::new();
+    find_doomed(headers, request_hop_by_hop, &mut doomed);
+    let te_trailers = doomed.contains(&header::TE)
+        && headers.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
+    for name in doomed {
+        headers.remove(name);
+    }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap, fixed: &[HeaderName]) {
-    strip(headers, fixed, |_| false);
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let mut doomed = Doomed::new();
+    find_doomed(headers, response_hop_by_hop, &mut doomed);
+    for name in doomed {
+        headers.remove(name);
+    }
 }
 
-/// Removes the `fixed` headers, those named by `Connection`, `keep-alive`,
-/// `proxy-connection` and those `also` picks. One pass over the names present (a request
-/// carries a handful) instead of a hashed lookup per name that might be there, and no
-/// allocation unless more than eight go.
-fn strip(headers: &mut HeaderMap, fixed: &[HeaderName], also: impl Fn(&HeaderName) -> bool) {
-    let tokens = || {
-        headers
+/// Names to remove; on the stack unless more than eight go.
+type Doomed = SmallVec<[HeaderName; 8]>;
+
+/// Adds to `doomed` the names in `headers` that `hop_by_hop` picks, and those a `Connection`
+/// header names. One pass over the names present (a message carries a handful), with no
+/// hashed lookup unless there is something to remove. An out-parameter: returned, the
+/// list would be copied.
+fn find_doomed(headers: &HeaderMap, hop_by_hop: fn(&str) -> bool, doomed: &mut Doomed) {
+    let mut connection = false;
+    for name in headers.keys() {
+        if hop_by_hop(name.as_str()) {
+            connection |= name == header::CONNECTION;
+            doomed.push(name.clone());
+        }
+    }
+    if connection {
+        let named = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-    };
-    // `Connection: keep-alive` (or `close`) names nothing else: the usual case, checked once.
-    let names_others =
-        tokens().any(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"));
-    let doomed: SmallVec<[HeaderName; 8]> = headers
-        .keys()
-        .filter(|k| {
-            fixed.contains(k)
-                || matches!(k.as_str(), "keep-alive" | "proxy-connection")
-                || also(k)
-                || (names_others && tokens().any(|t| t.eq_ignore_ascii_case(k.as_str())))
-        })
-        .cloned()
-        .collect();
-    for name in doomed {
-        headers.remove(name);
+            // `keep-alive` and `close` are options, not header names (both go anyway).
+            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok());
+        for name in named {
+            if !doomed.contains(&name) {
+                doomed.push(name);
+            }
+        }
     }
 }
 
@@ -451,10 +473,46 @@ mod tests {
         strip_request_headers(&mut h);
         let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         names.sort();
+        // `host` stays for the pool to overwrite (HTTP/1.1) or remove (HTTP/2).
         assert_eq!(
             names,
-            ["content-type", "te", "x-amzn-trace-id", "x-forwarded-for"]
+            [
+                "content-type",
+                "host",
+                "te",
+                "x-amzn-trace-id",
+                "x-forwarded-for"
+            ]
         );
         assert_eq!(h["te"], "trailers");
+
+        // Without `trailers`, TE goes; a Connection header naming nothing else goes alone.
+        let mut h = HeaderMap::new();
+        h.append("te", HeaderValue::from_static("deflate"));
+        h.append("connection", HeaderValue::from_static("close"));
+        h.append("accept", HeaderValue::from_static("*/*"));
+        strip_request_headers(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+    }
+
+    #[test]
+    fn response_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "Keep-Alive, X-Hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authenticate", "Basic"),
+            ("content-type", "text/plain"),
+            ("x-amzn-requestid", "abc"),
+            ("date", "Tue, 24 Nov 2026 20:00:00 GMT"),
+        ] {
+            h.append(k, HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["content-type", "date", "x-amzn-requestid"]);
     }
 }

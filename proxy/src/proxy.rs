@@ -207,47 +207,45 @@ impl Proxy {
             .identity()
             .map_err(|e| ProxyError::NoCredentials(e.to_string()))?;
 
-        let (mut parts, body) = req.into_parts();
-        let uri = upstream_uri(authority, parts.uri.path_and_query())?;
-        let mut headers = std::mem::take(&mut parts.headers);
-        strip_request_headers(&mut headers);
+        // The request is rewritten in place: taken apart and rebuilt, its parts would be
+        // copied several times over in this future.
+        let mut req = req;
+        let uri = upstream_uri(authority, req.uri().path_and_query())?;
+        let headers = req.headers_mut();
+        strip_request_headers(headers);
         for name in &self.strip {
             headers.remove(name);
         }
+        let method = req.method().clone();
 
         // Payload: UNSIGNED-PAYLOAD, or the hash of a small body read here.
-        let (body, body_sha256) = match self.signer.payload_mode() {
-            PayloadMode::SignedUpTo(limit) if fits(&headers, &body, limit) => {
-                let bytes = Limited::new(body, limit as usize)
-                    .collect()
-                    .await
-                    .map_err(|e| ProxyError::RequestBody(e.to_string()))?
-                    .to_bytes();
-                let hash = hex(&Sha256::digest(&bytes));
-                (ProxyBody::full(bytes), Some(hash))
+        let (mut up, body_sha256) = match self.signer.payload_mode() {
+            PayloadMode::SignedUpTo(limit) if fits(req.headers(), req.body(), limit) => {
+                // Boxed: inline, reading the body would make the future of every request
+                // (and every idle connection's slot for it) larger.
+                let (req, hash) = Box::pin(read_payload(req, limit)).await?;
+                (req, Some(hash))
             }
-            _ => (ProxyBody::from(body), None),
+            _ => (req.map(ProxyBody::from), None),
         };
 
         self.signer
             .sign(
                 &identity,
-                &parts.method,
+                &method,
                 &uri,
-                &mut headers,
+                up.headers_mut(),
                 body_sha256,
                 SystemTime::now(),
             )
             .map_err(|e| ProxyError::Signing(e.to_string()))?;
 
-        let mut up = Request::new(body);
-        *up.method_mut() = parts.method;
         *up.uri_mut() = uri;
         // The pool decides HTTP/1.1 or HTTP/2 from ALPN and sets Host; hyper refuses an
         // HTTP/2-versioned request on an HTTP/1.1 connection, so always hand it 1.1.
         *up.version_mut() = Version::HTTP_11;
         // The inbound extensions (hyper's upgrade handle, h2 protocol) stay on this side.
-        *up.headers_mut() = headers;
+        up.extensions_mut().clear();
 
         // Boxed: hyper keeps one request future per client connection, sized for its largest
         // state; inline, the exchange would make 1 000 idle connections cost 2.5 MiB more.
@@ -270,9 +268,9 @@ impl Proxy {
             Ok(Ok(resp)) => resp,
         };
 
-        let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, body))
+        let mut resp = resp;
+        strip_hop_by_hop(resp.headers_mut());
+        Ok(resp)
     }
 
     /// The route for the request's service name, from the cache or worked out now.
@@ -326,6 +324,21 @@ impl Proxy {
         };
         Ok(Route { host, upstream })
     }
+}
+
+/// Reads a body of at most `limit` bytes; the request with it, and its SHA-256 in hex.
+async fn read_payload(
+    req: Request<Incoming>,
+    limit: u64,
+) -> Result<(Request<ProxyBody>, String), ProxyError> {
+    let (parts, body) = req.into_parts();
+    let bytes = Limited::new(body, limit as usize)
+        .collect()
+        .await
+        .map_err(|e| ProxyError::RequestBody(e.to_string()))?
+        .to_bytes();
+    let hash = hex(&Sha256::digest(&bytes));
+    Ok((Request::from_parts(parts, ProxyBody::full(bytes)), hash))
 }
 
 /// The absolute upstream URI: https, the route's authority, the path and the query in the

@@ -442,7 +442,10 @@ impl Connections {
         let metrics = self.metrics.clone();
         let svc = service_fn(move |req| {
             let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, info).await) }
+            let f = async move { Ok::<_, Infallible>(proxy.handle(req, info).await) };
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| eprintln!("SIZE handle {}", std::mem::size_of_val(&f)));
+            f
         });
         let _ = stream.set_nodelay(true);
         let conn = self

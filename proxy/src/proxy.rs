@@ -1,5 +1,6 @@
 //! One request: check host → rewrite URI → strip hop-by-hop → sign → forward.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -151,8 +152,13 @@ impl Proxy {
         }
     }
 
-    /// Handles one request; failures become the proxy's own responses here, and only here.
-    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+    /// Handles one request; failures become the proxy's own responses here, and only here
+    /// (the error type is for hyper: there is none).
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Result<Response<ProxyBody>, Infallible> {
         let start = Instant::now();
         let version = req.version();
         let method = req.method().clone();
@@ -180,7 +186,7 @@ impl Proxy {
             elapsed.as_secs_f64(),
             error,
         );
-        resp
+        Ok(resp)
     }
 
     /// Forwards `req`, received at `start` (the response deadline counts from there).

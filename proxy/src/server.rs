@@ -1,6 +1,5 @@
 //! Listeners, the accept loop, and start/stop of the whole proxy.
 
-use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -440,13 +439,9 @@ impl Connections {
         let span = tracing::debug_span!("conn", %client);
         let proxy = self.proxy.clone();
         let metrics = self.metrics.clone();
-        let svc = service_fn(move |req| {
-            let proxy = proxy.clone();
-            let f = async move { Ok::<_, Infallible>(proxy.handle(req, info).await) };
-            static ONCE: std::sync::Once = std::sync::Once::new();
-            ONCE.call_once(|| eprintln!("SIZE handle {}", std::mem::size_of_val(&f)));
-            f
-        });
+        // No async block around `handle`: each level of async fn keeps its own copy of the
+        // request, and hyper moves the whole future into place for every request.
+        let svc = service_fn(move |req| proxy.clone().handle(req, info));
         let _ = stream.set_nodelay(true);
         let conn = self
             .http

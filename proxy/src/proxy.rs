@@ -474,14 +474,23 @@ type Doomed = SmallVec<[HeaderName; 8]>;
 /// hashed lookup unless there is something to remove. An out-parameter: returned, the
 /// list would be copied.
 fn find_doomed(headers: &HeaderMap, hop_by_hop: fn(&str) -> bool, doomed: &mut Doomed) {
-    let mut connection = false;
-    for name in headers.keys() {
+    // Whether a Connection header names other headers; `Connection: keep-alive` (or `close`)
+    // is the usual case, told from the value at hand without splitting it.
+    let mut names_others = false;
+    for (name, value) in headers {
         if hop_by_hop(name.as_str()) {
-            connection |= name == header::CONNECTION;
-            doomed.push(name.clone());
+            if name == header::CONNECTION {
+                let v = value.as_bytes();
+                names_others |=
+                    !(v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close"));
+            }
+            // A name's values come one after the other.
+            if doomed.last() != Some(name) {
+                doomed.push(name.clone());
+            }
         }
     }
-    if connection {
+    if names_others {
         let named = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -575,6 +584,15 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append("te", HeaderValue::from_static("deflate"));
         h.append("connection", HeaderValue::from_static("close"));
+        h.append("accept", HeaderValue::from_static("*/*"));
+        strip_request_headers(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+
+        // A second Connection header line that names a header.
+        let mut h = HeaderMap::new();
+        h.append("connection", HeaderValue::from_static("keep-alive"));
+        h.append("x-two", HeaderValue::from_static("2"));
+        h.append("connection", HeaderValue::from_static("X-Two"));
         h.append("accept", HeaderValue::from_static("*/*"));
         strip_request_headers(&mut h);
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);

@@ -347,8 +347,12 @@ fn wait_port(port: u16) -> Result<Duration> {
     let start = Instant::now();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     while start.elapsed() < Duration::from_secs(20) {
-        if TcpStream::connect(addr).is_ok() {
-            return Ok(start.elapsed());
+        if let Ok(s) = TcpStream::connect(addr) {
+            // The ports come from the ephemeral range: with nothing listening yet, the kernel
+            // can pick the destination as the source port and connect the socket to itself.
+            if s.local_addr().ok() != Some(addr) {
+                return Ok(start.elapsed());
+            }
         }
         std::thread::sleep(Duration::from_micros(500));
     }

@@ -70,11 +70,6 @@ impl Deadlines {
         }
     }
 
-    /// Runs `fut` until it completes or `after` has passed, whichever is first.
-    pub fn timeout<F: Future>(&self, after: Duration, fut: F) -> Timeout<F> {
-        self.timeout_at(now() + after, fut)
-    }
-
     /// Runs `fut` until it completes or `deadline` has passed, whichever is first.
     pub fn timeout_at<F: Future>(&self, deadline: Instant, fut: F) -> Timeout<F> {
         Timeout {
@@ -83,8 +78,9 @@ impl Deadlines {
         }
     }
 
-    /// Armed deadlines; for tests.
-    pub fn armed(&self) -> usize {
+    /// Armed deadlines.
+    #[cfg(test)]
+    fn armed(&self) -> usize {
         self.shared.lock().entries.len()
     }
 }
@@ -183,10 +179,8 @@ impl Future for Deadline {
                 Poll::Pending
             }
             None => {
-                // Already due (a zero timeout, or a stale deadline): no need to arm.
-                if this.deadline <= now() {
-                    return Poll::Ready(());
-                }
+                // No clock reading here: a deadline already due is armed like any other,
+                // and being earliest, it makes the ticker run and fire it at once.
                 this.key = Some(table.entries.insert(Entry {
                     deadline: this.deadline,
                     waker: Some(cx.waker().clone()),
@@ -212,7 +206,7 @@ impl Drop for Deadline {
     }
 }
 
-/// The response of [`Deadlines::timeout`].
+/// The error of a [`Timeout`] whose deadline passed first.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Elapsed;
 
@@ -270,6 +264,13 @@ mod tests {
         poll_fn(|cx| Poll::Ready(Pin::new(&mut *f).poll(cx).is_ready())).await
     }
 
+    /// A table with its ticker running, and the (paused) time it starts at.
+    fn started() -> (Deadlines, Instant) {
+        let (d, ticker) = Deadlines::new();
+        tokio::spawn(ticker);
+        (d, now())
+    }
+
     /// Lets the ticker run at the current (paused) time.
     async fn settle() {
         for _ in 0..4 {
@@ -279,9 +280,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn fires_after_its_deadline_never_before() {
-        let (d, ticker) = Deadlines::new();
-        tokio::spawn(ticker);
-        let start = now();
+        let (d, start) = started();
         let mut a = d.sleep_until(start + Duration::from_millis(300));
         assert!(!ready(&mut a).await);
         assert_eq!(d.armed(), 1);
@@ -302,9 +301,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_earlier_deadline_replans_the_ticker() {
-        let (d, ticker) = Deadlines::new();
-        tokio::spawn(ticker);
-        let start = now();
+        let (d, start) = started();
         let mut late = d.sleep_until(start + Duration::from_secs(30));
         assert!(!ready(&mut late).await);
         settle().await;
@@ -319,9 +316,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn dropped_and_reset_deadlines_leave_the_table() {
-        let (d, ticker) = Deadlines::new();
-        tokio::spawn(ticker);
-        let start = now();
+        let (d, start) = started();
         let mut a = d.sleep_until(start + Duration::from_millis(50));
         let mut b = d.sleep_until(start + Duration::from_millis(50));
         assert!(!ready(&mut a).await && !ready(&mut b).await);
@@ -342,12 +337,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn timeout_bounds_a_future() {
-        let (d, ticker) = Deadlines::new();
-        tokio::spawn(ticker);
-        let quick = d.timeout(Duration::from_secs(1), Box::pin(async { 7 }));
+        let (d, _) = started();
+        let quick = d.timeout_at(now() + Duration::from_secs(1), Box::pin(async { 7 }));
         assert_eq!(quick.await, Ok(7));
-        let slow = d.timeout(
-            Duration::from_millis(200),
+        let slow = d.timeout_at(
+            now() + Duration::from_millis(200),
             Box::pin(std::future::pending::<()>()),
         );
         assert_eq!(slow.await, Err(Elapsed));
@@ -357,9 +351,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn hyper_reset_reuses_the_entry() {
         use hyper::rt::Timer;
-        let (d, ticker) = Deadlines::new();
-        tokio::spawn(ticker);
-        let start = now();
+        let (d, start) = started();
         let mut s = Timer::sleep_until(&d, start + Duration::from_millis(100));
         assert!(!ready(&mut s).await);
         d.reset(&mut s, start + Duration::from_millis(500));

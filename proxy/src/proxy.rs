@@ -59,13 +59,16 @@ enum Prepared {
     /// Signed and ready for the pool.
     Signed(Request<ProxyBody>, Arc<Route>),
     /// Its payload is to be signed: the body is read and hashed first.
-    ReadBody {
-        req: Request<Incoming>,
-        route: Arc<Route>,
-        identity: Identity,
-        uri: Uri,
-        limit: u64,
-    },
+    ReadBody(Unread),
+}
+
+/// A request whose body is read and hashed before it is signed.
+struct Unread {
+    req: Request<Incoming>,
+    route: Arc<Route>,
+    identity: Identity,
+    uri: Uri,
+    limit: u64,
 }
 
 /// At most this many names are remembered; the cache starts over when full, so an
@@ -187,13 +190,7 @@ impl Proxy {
                 self.respond(exchange, &route, start).await
             }
             // Boxed: rare, and its future would make every request's larger.
-            Ok(Prepared::ReadBody {
-                req,
-                route,
-                identity,
-                uri,
-                limit,
-            }) => Box::pin(self.read_sign_send((req, route, identity, uri, limit), start)).await,
+            Ok(Prepared::ReadBody(unread)) => Box::pin(self.read_sign_send(unread, start)).await,
             Err(e) => Err(e),
         };
         let (mut resp, error) = match result {
@@ -256,13 +253,13 @@ impl Proxy {
         // Payload: UNSIGNED-PAYLOAD, or the hash of a small body, read first.
         if let PayloadMode::SignedUpTo(limit) = self.signer.payload_mode() {
             if fits(req.headers(), req.body(), limit) {
-                return Ok(Prepared::ReadBody {
+                return Ok(Prepared::ReadBody(Unread {
                     req,
                     route,
                     identity,
                     uri,
                     limit,
-                });
+                }));
             }
         }
         let up = self.sign(&identity, uri, req.map(ProxyBody::from), None)?;
@@ -300,10 +297,16 @@ impl Proxy {
     /// Payload signing: reads and hashes the body, signs, then sends.
     async fn read_sign_send(
         &self,
-        prepared: (Request<Incoming>, Arc<Route>, Identity, Uri, u64),
+        unread: Unread,
         start: Instant,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let (req, route, identity, uri, limit) = prepared;
+        let Unread {
+            req,
+            route,
+            identity,
+            uri,
+            limit,
+        } = unread;
         let (up, hash) = read_payload(req, limit).await?;
         let up = self.sign(&identity, uri, up, Some(hash))?;
         self.respond(Box::pin(self.pool.send(up, start)), &route, start)
@@ -543,10 +546,23 @@ mod tests {
         );
     }
 
+    fn header_map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for &(k, v) in pairs {
+            h.append(k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn sorted_names(h: &HeaderMap) -> Vec<&str> {
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        names
+    }
+
     #[test]
     fn request_headers_are_stripped() {
-        let mut h = HeaderMap::new();
-        for (k, v) in [
+        let mut h = header_map(&[
             ("connection", "keep-alive, x-custom-hop"),
             ("x-custom-hop", "1"),
             ("keep-alive", "timeout=5"),
@@ -561,15 +577,11 @@ mod tests {
             ("x-forwarded-for", "10.0.0.1"),
             ("content-type", "application/json"),
             ("host", "svc.example.com"),
-        ] {
-            h.append(k, HeaderValue::from_static(v));
-        }
+        ]);
         strip_request_headers(&mut h);
-        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        names.sort();
         // `host` stays for the pool to overwrite (HTTP/1.1) or remove (HTTP/2).
         assert_eq!(
-            names,
+            sorted_names(&h),
             [
                 "content-type",
                 "host",
@@ -581,27 +593,28 @@ mod tests {
         assert_eq!(h["te"], "trailers");
 
         // Without `trailers`, TE goes; a Connection header naming nothing else goes alone.
-        let mut h = HeaderMap::new();
-        h.append("te", HeaderValue::from_static("deflate"));
-        h.append("connection", HeaderValue::from_static("close"));
-        h.append("accept", HeaderValue::from_static("*/*"));
+        let mut h = header_map(&[
+            ("te", "deflate"),
+            ("connection", "close"),
+            ("accept", "*/*"),
+        ]);
         strip_request_headers(&mut h);
-        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+        assert_eq!(sorted_names(&h), ["accept"]);
 
         // A second Connection header line that names a header.
-        let mut h = HeaderMap::new();
-        h.append("connection", HeaderValue::from_static("keep-alive"));
-        h.append("x-two", HeaderValue::from_static("2"));
-        h.append("connection", HeaderValue::from_static("X-Two"));
-        h.append("accept", HeaderValue::from_static("*/*"));
+        let mut h = header_map(&[
+            ("connection", "keep-alive"),
+            ("x-two", "2"),
+            ("connection", "X-Two"),
+            ("accept", "*/*"),
+        ]);
         strip_request_headers(&mut h);
-        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+        assert_eq!(sorted_names(&h), ["accept"]);
     }
 
     #[test]
     fn response_headers_are_stripped() {
-        let mut h = HeaderMap::new();
-        for (k, v) in [
+        let mut h = header_map(&[
             ("connection", "Keep-Alive, X-Hop"),
             ("x-hop", "1"),
             ("keep-alive", "timeout=5"),
@@ -610,12 +623,11 @@ mod tests {
             ("content-type", "text/plain"),
             ("x-amzn-requestid", "abc"),
             ("date", "Tue, 24 Nov 2026 20:00:00 GMT"),
-        ] {
-            h.append(k, HeaderValue::from_static(v));
-        }
+        ]);
         strip_hop_by_hop(&mut h);
-        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        names.sort();
-        assert_eq!(names, ["content-type", "date", "x-amzn-requestid"]);
+        assert_eq!(
+            sorted_names(&h),
+            ["content-type", "date", "x-amzn-requestid"]
+        );
     }
 }

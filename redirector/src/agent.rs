@@ -9,9 +9,9 @@ use crate::error::{Error, Result};
 use crate::host;
 use crate::install::{self, Layout};
 use crate::maps::{Maps, Source};
+use crate::reload::{self, Watch};
 use redirector_common::programs;
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -47,10 +47,15 @@ impl Options {
     }
 }
 
-fn load_config(opts: &Options, cgroup_root: &Path) -> Result<Redirect> {
-    let file = match &opts.config_file {
-        Some(path) => File::load(path)?,
-        None => File::default(),
+/// Resolves the configuration from what one read of the file found (`None`: no file).
+fn load_config(
+    opts: &Options,
+    read: Option<&reload::Snapshot>,
+    cgroup_root: &Path,
+) -> Result<Redirect> {
+    let file = match (&opts.config_file, read) {
+        (Some(path), Some(read)) => File::parse(path, read)?,
+        _ => File::default(),
     };
     config::resolve(&file, &opts.overrides, cgroup_root)
 }
@@ -58,12 +63,6 @@ fn load_config(opts: &Options, cgroup_root: &Path) -> Result<Redirect> {
 fn apply(maps: &mut Maps, cfg: &Redirect, cgroup_root: &Path) -> Result<()> {
     maps.apply(cfg)?;
     Enrollment::new(maps, cgroup_root, Source::Config).sync(&cfg.cgroups)
-}
-
-/// Identity of the configuration file's current content (ConfigMap updates swap a symlink).
-fn file_stamp(path: &Path) -> Option<(std::time::SystemTime, u64, u64)> {
-    let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.ino(), m.len()))
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -84,8 +83,15 @@ pub async fn run(opts: Options) -> Result<()> {
             });
         }
     }
+    // Handlers first: a SIGHUP that arrives once the admin endpoint answers must reload,
+    // not kill the agent with the default action.
+    let mut hup = signal(SignalKind::hangup()).map_err(Error::io("SIGHUP handler"))?;
+    let mut term = signal(SignalKind::terminate()).map_err(Error::io("SIGTERM handler"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(Error::io("SIGINT handler"))?;
     let cgroup_root = host::cgroup2_mount()?;
-    let mut cfg = load_config(&opts, &cgroup_root)?;
+    let first = opts.config_file.as_deref().map(reload::read);
+    let mut cfg = load_config(&opts, first.as_ref(), &cgroup_root)?;
+    let mut watch = first.map(Watch::new);
     for warning in cfg.warnings() {
         tracing::warn!("{warning}");
     }
@@ -157,25 +163,42 @@ pub async fn run(opts: Options) -> Result<()> {
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin endpoint (/healthz, /metrics) listening");
     tokio::spawn(admin::serve(listener, shared.clone()));
 
-    let mut hup = signal(SignalKind::hangup()).map_err(Error::io("SIGHUP handler"))?;
-    let mut term = signal(SignalKind::terminate()).map_err(Error::io("SIGTERM handler"))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(Error::io("SIGINT handler"))?;
     let mut tick = tokio::time::interval(opts.reload_interval);
-    let mut stamp = opts.config_file.as_deref().and_then(file_stamp);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
-        let why = tokio::select! {
-            _ = hup.recv() => "SIGHUP",
+        // Each path reads the file and asks the watch whether this content is new; the
+        // same content is never loaded twice, whichever path saw it first.
+        let (why, read) = tokio::select! {
+            _ = hup.recv() => {
+                let (Some(path), Some(watch)) = (&opts.config_file, watch.as_mut()) else {
+                    tracing::info!("SIGHUP: no configuration file (--config) to reload");
+                    continue;
+                };
+                match watch.hangup(reload::read(path)) {
+                    Some(read) => ("SIGHUP", read),
+                    None => {
+                        tracing::info!(
+                            file = %path.display(),
+                            "SIGHUP: configuration file unchanged since it was last loaded; nothing to do"
+                        );
+                        continue;
+                    }
+                }
+            }
             _ = tick.tick() => {
-                let now = opts.config_file.as_deref().and_then(file_stamp);
-                if now == stamp { continue; }
-                stamp = now;
-                "configuration file changed"
+                let (Some(path), Some(watch)) = (&opts.config_file, watch.as_mut()) else {
+                    continue;
+                };
+                match watch.poll(reload::read(path)) {
+                    Some(read) => ("configuration file changed", read),
+                    None => continue,
+                }
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
         };
-        match load_config(&opts, &cgroup_root) {
+        match load_config(&opts, Some(&read), &cgroup_root) {
             Ok(new) => {
                 let mut maps = shared.maps.lock().unwrap_or_else(|p| p.into_inner());
                 match apply(&mut maps, &new, &cgroup_root) {
@@ -183,6 +206,11 @@ pub async fn run(opts: Options) -> Result<()> {
                         shared.reloads_ok.fetch_add(1, Ordering::Relaxed);
                         if new != cfg {
                             tracing::info!(reason = why, config = ?new, "configuration applied to the live maps");
+                        } else {
+                            tracing::info!(
+                                reason = why,
+                                "configuration reloaded; the live maps already held it"
+                            );
                         }
                         for warning in new.warnings() {
                             tracing::warn!("{warning}");

@@ -130,10 +130,18 @@ pub struct File {
 impl File {
     /// Reads and parses `path`; errors name the file and the offending key.
     pub fn load(path: &Path) -> Result<File> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+        File::parse(path, &crate::reload::read(path))
+    }
+
+    /// Parses what one read of `path` found (see [`crate::reload`]).
+    pub fn parse(path: &Path, read: &crate::reload::Snapshot) -> Result<File> {
+        let bytes = read.as_ref().map_err(|e| Error::Config {
             what: format!("cannot read config file {}: {e}", path.display()),
         })?;
-        toml::from_str(&text).map_err(|e| Error::Config {
+        let text = std::str::from_utf8(bytes).map_err(|e| Error::Config {
+            what: format!("config file {}: not UTF-8 ({e})", path.display()),
+        })?;
+        toml::from_str(text).map_err(|e| Error::Config {
             what: format!("config file {}: {}", path.display(), e.to_string().trim()),
         })
     }

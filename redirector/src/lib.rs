@@ -12,6 +12,7 @@ pub mod host;
 pub mod install;
 pub mod logs;
 pub mod maps;
+pub mod reload;
 pub mod status;
 mod sys;
 

@@ -16,6 +16,9 @@ const LATTICE_V4: &str = "169.254.171.5";
 const LATTICE_V6: &str = "fd00:ec2:80::5";
 const APP: u32 = 1000;
 const PROXY: u32 = 1337;
+/// How long a test waits for a condition before it calls the agent hung; never a delay
+/// that a passing run depends on.
+const WAIT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------------
 // The probe: this binary re-executed inside a sandbox (see support::Probe).
@@ -157,10 +160,7 @@ fn redirects_an_enrolled_app_and_restores_both_views() {
     assert_eq!(proxy.line(), "accepted orig=169.254.171.5:80");
 
     // aya-log records reach tracing.
-    agent.wait_for(
-        "redirect 169.254.171.5:80 -> proxy port 15001",
-        Duration::from_secs(5),
-    );
+    agent.wait_for("redirect 169.254.171.5:80 -> proxy port 15001", WAIT);
     let status = counters(&sb);
     assert_eq!(counter(&status, "redirected"), 1, "{status}");
     assert_eq!(counter(&status, "orig_dst_answered"), 1, "{status}");
@@ -244,7 +244,7 @@ fn redirects_ipv6_and_v4_mapped_destinations() {
 fn pins_survive_kill_9_are_adopted_and_uninstall_removes_them() {
     let sb = Sandbox::new("pins");
     let mut agent = sb.agent(&[]);
-    agent.wait_for("attached and pinned programs", Duration::from_secs(1));
+    agent.wait_for("attached and pinned programs", WAIT);
     agent.kill9();
 
     // No agent: redirection goes on.
@@ -253,7 +253,7 @@ fn pins_survive_kill_9_are_adopted_and_uninstall_removes_them() {
 
     // A new agent adopts the pins instead of attaching again.
     let mut agent = sb.agent(&[]);
-    agent.wait_for("adopted pinned programs", Duration::from_secs(1));
+    agent.wait_for("adopted pinned programs", WAIT);
     let status = counters(&sb);
     assert_eq!(
         status.matches("attached: generation").count(),
@@ -282,40 +282,131 @@ fn pins_survive_kill_9_are_adopted_and_uninstall_removes_them() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing is installed"));
 }
 
+/// The link lines of `status`: the same ids mean nothing was re-attached.
+fn links(status: &str) -> Vec<String> {
+    status
+        .lines()
+        .filter(|l| l.contains(" link "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `lattice_redirector_config_reloads_total` by result, as the agent's /metrics shows them.
+fn reloads(agent: &support::Agent) -> (u64, u64) {
+    let (_, metrics) = agent.http_get("/metrics");
+    let get = |result: &str| {
+        let key = format!("lattice_redirector_config_reloads_total{{result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .unwrap_or_else(|| panic!("no {key} in:\n{metrics}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    (get("ok"), get("error"))
+}
+
 #[test]
-fn configuration_changes_reach_new_connections_without_reattaching() {
-    let sb = Sandbox::new("reload");
+fn sighup_applies_a_configuration_change_once_without_reattaching() {
+    let sb = Sandbox::new("hup");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("redirector.toml");
-    std::fs::write(&file, "ports = [80]\n").unwrap();
-    let mut agent = sb.agent(&["--config", file.to_str().unwrap()]);
+    support::write_atomically(&file, "ports = [80]\n");
+    // The periodic check is effectively off: only SIGHUP reloads here.
+    let mut agent = sb.agent(&[
+        "--config",
+        file.to_str().unwrap(),
+        "--reload-interval",
+        "86400",
+    ]);
     let before = counters(&sb);
-    let mut p = proxy(&sb, "127.0.0.1", 1);
+    let mut p = proxy(&sb, "127.0.0.1", 2);
     assert!(unreachable(&sb.connect(&sb.app, APP, LATTICE_V4, 8080)));
 
-    std::fs::write(&file, "ports = [80, 8080]\n").unwrap();
+    support::write_atomically(&file, "ports = [80, 8080]\n");
+    let mark = agent.mark();
     agent.signal(libc::SIGHUP);
-    agent.wait_for("configuration applied", Duration::from_secs(5));
+    let line = agent.wait_after(mark, "configuration applied", WAIT);
+    assert!(line.contains("SIGHUP"), "{line}");
     expect_redirect(&sb, &mut p, &sb.app, APP, LATTICE_V4, 8080);
 
     // A bad file is refused and the previous configuration stays.
-    std::fs::write(&file, "ports = [80, 99999]\n").unwrap();
+    support::write_atomically(&file, "ports = [80, 99999]\n");
+    let mark = agent.mark();
     agent.signal(libc::SIGHUP);
-    agent.wait_for("configuration refused", Duration::from_secs(5));
-    let after = counters(&sb);
-    // Same link ids: nothing was re-attached.
-    let links = |s: &str| {
-        s.lines()
-            .filter(|l| l.contains(" link "))
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(links(&before), links(&after));
-    let (_, metrics) = agent.http_get("/metrics");
+    let line = agent.wait_after(mark, "configuration refused", WAIT);
     assert!(
-        metrics.contains("lattice_redirector_config_reloads_total{result=\"error\"} 1"),
-        "{metrics}"
+        line.contains("99999"),
+        "the refusal names the value: {line}"
     );
+
+    // The same content again: nothing is loaded, nothing counted.
+    let mark = agent.mark();
+    agent.signal(libc::SIGHUP);
+    agent.wait_after(mark, "unchanged since it was last loaded", WAIT);
+
+    assert_eq!(reloads(&agent), (1, 1), "{}", agent.log());
+    assert_eq!(links(&before), links(&counters(&sb)));
+    expect_redirect(&sb, &mut p, &sb.app, APP, LATTICE_V4, 8080);
+}
+
+#[test]
+fn a_changed_file_is_applied_once_by_the_periodic_check() {
+    let sb = Sandbox::new("poll");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("redirector.toml");
+    support::write_atomically(&file, "ports = [80]\n");
+    let mut agent = sb.agent(&["--config", file.to_str().unwrap(), "--reload-interval", "1"]);
+    let before = counters(&sb);
+    let mut p = proxy(&sb, "127.0.0.1", 2);
+    assert!(unreachable(&sb.connect(&sb.app, APP, LATTICE_V4, 8080)));
+
+    // No SIGHUP anywhere in this test.
+    let mark = agent.mark();
+    support::write_atomically(&file, "ports = [80, 8080]\n");
+    let line = agent.wait_after(mark, "configuration applied", WAIT);
+    assert!(line.contains("configuration file changed"), "{line}");
+    expect_redirect(&sb, &mut p, &sb.app, APP, LATTICE_V4, 8080);
+
+    let mark = agent.mark();
+    support::write_atomically(&file, "ports = [80, 99999]\n");
+    agent.wait_after(mark, "configuration refused", WAIT);
+
+    // Checks go on every second; had one loaded the refused file again, it would have done
+    // so before it loads the next content, so the counts below are exact.
+    let mark = agent.mark();
+    support::write_atomically(&file, "ports = [80, 8080, 8443]\n");
+    agent.wait_after(mark, "configuration applied", WAIT);
+    expect_redirect(&sb, &mut p, &sb.app, APP, LATTICE_V4, 8443);
+
+    assert_eq!(reloads(&agent), (2, 1), "{}", agent.log());
+    assert_eq!(links(&before), links(&counters(&sb)));
+}
+
+#[test]
+fn sighup_and_the_periodic_check_load_one_change_once() {
+    // Both paths on: whichever sees the change first loads it, the other does nothing.
+    let sb = Sandbox::new("both");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("redirector.toml");
+    support::write_atomically(&file, "ports = [80]\n");
+    let mut agent = sb.agent(&["--config", file.to_str().unwrap(), "--reload-interval", "1"]);
+    for (i, ports) in ["[80, 8080]", "[80, 99999]", "[80, 8443]"]
+        .iter()
+        .enumerate()
+    {
+        let mark = agent.mark();
+        support::write_atomically(&file, &format!("ports = {ports}\n"));
+        agent.signal(libc::SIGHUP);
+        let expect = if i == 1 {
+            "configuration refused"
+        } else {
+            "configuration applied"
+        };
+        agent.wait_after(mark, expect, WAIT);
+    }
+    assert_eq!(reloads(&agent), (2, 1), "{}", agent.log());
 }
 
 #[test]
@@ -468,7 +559,7 @@ fn bad_input_is_named_and_leaves_nothing_attached() {
 fn a_new_object_is_attached_before_the_old_generation_goes() {
     let sb = Sandbox::new("upgrade");
     let mut agent = sb.agent(&[]);
-    agent.wait_for("attached and pinned programs", Duration::from_secs(1));
+    agent.wait_for("attached and pinned programs", WAIT);
     agent.kill9();
     let mut p = proxy(&sb, "127.0.0.1", 2);
     expect_redirect(&sb, &mut p, &sb.app, APP, LATTICE_V4, 80);
@@ -490,7 +581,7 @@ fn a_new_object_is_attached_before_the_old_generation_goes() {
 
     let mut agent = sb.agent(&[]);
     // Not adopted: attached afresh, then the old generation was removed.
-    agent.wait_for("attached and pinned programs", Duration::from_secs(1));
+    agent.wait_for("attached and pinned programs", WAIT);
     let after = counters(&sb);
     assert_eq!(after.matches("attached: generation").count(), 1, "{after}");
     assert!(after.contains(&format!("generation {name}")), "{after}");

@@ -49,6 +49,44 @@ pub fn run(_opts: &BuildEbpf) -> Result<PathBuf> {
         "the eBPF build succeeded but {} is missing",
         object.display()
     );
+    freshen(&object, &root)?;
     step(&format!("eBPF object: {}", object.display()));
     Ok(object)
+}
+
+/// Cargo leaves the object alone when a change (a manifest's `rust-version`, say) does not
+/// alter what it builds; the agent's build.rs would then call the object stale forever.
+/// Cargo has just judged it current, so give it the time of the newest source.
+fn freshen(object: &std::path::Path, root: &std::path::Path) -> Result<()> {
+    fn newest(path: &std::path::Path) -> std::time::SystemTime {
+        let own = std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+        match std::fs::read_dir(path) {
+            Ok(entries) => entries
+                .flatten()
+                .map(|e| newest(&e.path()))
+                .fold(own, std::cmp::max),
+            Err(_) => own,
+        }
+    }
+    let sources = [
+        "redirector-ebpf/src",
+        "redirector-ebpf/Cargo.toml",
+        "redirector-ebpf/Cargo.lock",
+        "redirector-common/src",
+        "redirector-common/Cargo.toml",
+    ];
+    let newest_source = sources
+        .iter()
+        .map(|s| newest(&root.join(s)))
+        .fold(std::time::SystemTime::UNIX_EPOCH, std::cmp::max);
+    if newest(object) < newest_source {
+        std::fs::File::options()
+            .write(true)
+            .open(object)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+            .with_context(|| format!("updating the time of {}", object.display()))?;
+    }
+    Ok(())
 }

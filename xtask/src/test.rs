@@ -19,6 +19,10 @@ pub struct Test {
     /// kernel line, under qemu).
     #[arg(long)]
     pub no_vm: bool,
+    /// Run the test suites (cargo test, then the VM check) this many times and stop at the
+    /// first failure: a test that passes or fails by timing shows up here.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub repeat: u32,
     /// Extra arguments passed to `cargo test` (after `--` for the test binaries use
     /// `cargo xtask test -- -- NAME`).
     #[arg(last = true)]
@@ -75,19 +79,35 @@ pub fn run(opts: &Test) -> Result<()> {
             .current_dir(&root)
             .args(["build", "--workspace", "--bins"]),
     )?;
-    step("cargo test --workspace (kernel tests need root: running as root)");
-    let totals = cargo_test(&root, &opts.cargo_args)?;
-    if totals.failed > 0 {
-        println!(
-            "total: {} passed, {} failed, {} skipped",
-            totals.passed, totals.failed, totals.ignored
-        );
-        anyhow::bail!("{} test(s) failed (see above)", totals.failed);
-    }
-    if !opts.no_vm {
-        step("the redirector on Debian's 6.1 kernel (the EKS AL2023/Bottlerocket line), in qemu");
-        crate::vm::run(&crate::vm::VmTest::default())
-            .context("the 6.1 kernel check failed (see above); `cargo xtask vm-test` reruns it")?;
+    let mut totals = Totals::default();
+    for run in 1..=opts.repeat {
+        let of = if opts.repeat > 1 {
+            format!(" (run {run} of {})", opts.repeat)
+        } else {
+            String::new()
+        };
+        step(&format!(
+            "cargo test --workspace{of} (kernel tests need root: running as root)"
+        ));
+        let this = cargo_test(&root, &opts.cargo_args)?;
+        totals.add(&this);
+        if this.failed > 0 {
+            println!(
+                "total: {} passed, {} failed, {} skipped",
+                totals.passed, totals.failed, totals.ignored
+            );
+            anyhow::bail!("{} test(s) failed{of} (see above)", this.failed);
+        }
+        if !opts.no_vm {
+            step(&format!(
+                "the redirector on Debian's 6.1 kernel (the EKS AL2023/Bottlerocket line), in qemu{of}"
+            ));
+            crate::vm::run(&crate::vm::VmTest::default()).with_context(|| {
+                format!(
+                    "the 6.1 kernel check failed{of} (see above); `cargo xtask vm-test` reruns it"
+                )
+            })?;
+        }
     }
     // One closing line over every test binary (the last cargo line is often a doc-test
     // binary with nothing in it).
@@ -104,6 +124,14 @@ struct Totals {
     passed: u64,
     failed: u64,
     ignored: u64,
+}
+
+impl Totals {
+    fn add(&mut self, other: &Totals) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.ignored += other.ignored;
+    }
 }
 
 /// Runs `cargo test --workspace`, passing its output through, and adds up the results.

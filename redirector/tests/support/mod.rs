@@ -120,12 +120,13 @@ impl Sandbox {
                 self.app.to_str().unwrap(),
                 "--admin-addr",
                 "127.0.0.1:0",
-                "--reload-interval",
-                "1",
             ]
             .iter()
             .map(|s| s.to_string()),
         );
+        if !extra.contains(&"--reload-interval") {
+            args.extend(["--reload-interval".to_string(), "1".to_string()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         Agent::start(&args)
     }
@@ -182,6 +183,15 @@ impl Drop for Sandbox {
     }
 }
 
+/// Replaces `file` with `text` the way operators are told to (and kubelet updates a
+/// ConfigMap): write a temporary file beside it, then rename it over the old one, so no
+/// reader ever sees it half-written.
+pub fn write_atomically(file: &Path, text: &str) {
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
 /// A running agent; killed with SIGKILL on drop (pins stay; the sandbox removes them).
 pub struct Agent {
     pub child: Option<Child>,
@@ -224,6 +234,16 @@ impl Agent {
     /// Waits for a log line containing `needle`; panics with the log if the agent exits or
     /// the line does not come.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        self.wait_after(0, needle, timeout)
+    }
+
+    /// How many lines the agent has logged so far: a mark for [`Agent::wait_after`].
+    pub fn mark(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    /// Like [`Agent::wait_for`], but only lines logged after `mark` count.
+    pub fn wait_after(&mut self, mark: usize, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(l) = self
@@ -231,6 +251,7 @@ impl Agent {
                 .lock()
                 .unwrap()
                 .iter()
+                .skip(mark)
                 .find(|l| l.contains(needle))
             {
                 return l.clone();

@@ -29,6 +29,8 @@ pub struct Shared {
     pub reloads_ok: AtomicU64,
     /// Configuration reloads refused (the previous configuration stays).
     pub reloads_failed: AtomicU64,
+    /// The pod watch, in Kubernetes mode.
+    pub pods: Option<Arc<crate::watch::Status>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -104,6 +106,40 @@ impl Collector for MapCollector {
             let labels = [("result", result)];
             ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
         }
+
+        if let Some(pods) = &shared.pods {
+            let mut family = encoder.encode_descriptor(
+                "lattice_redirector_pods",
+                "Pods of this node, by state: watched (all), enrolled, pending (waiting for \
+                 their cgroup), refused (malformed annotation)",
+                None,
+                MetricType::Gauge,
+            )?;
+            let refused = pods.refused.lock().map(|r| r.len()).unwrap_or(0) as u64;
+            for (state, n) in [
+                ("watched", pods.watched.load(Ordering::Relaxed)),
+                ("enrolled", pods.enrolled.load(Ordering::Relaxed)),
+                ("pending", pods.pending.load(Ordering::Relaxed)),
+                ("refused", refused),
+            ] {
+                let labels = [("state", state)];
+                ConstGauge::new(n as i64).encode(family.encode_family(&labels)?)?;
+            }
+            let c = encoder.encode_descriptor(
+                "lattice_redirector_pod_watch_restarts",
+                "Times the pod watch failed and was restarted with backoff",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(pods.restarts.load(Ordering::Relaxed)).encode(c)?;
+            let g = encoder.encode_descriptor(
+                "lattice_redirector_pod_watch_synced",
+                "1 once the first list of this node's pods has arrived",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(pods.synced.load(Ordering::Relaxed) as i64).encode(g)?;
+        }
         Ok(())
     }
 }
@@ -121,8 +157,26 @@ pub fn health(shared: &Shared) -> Result<(), String> {
             shared.generation.display()
         ));
     }
-    let maps = shared.maps.lock().unwrap_or_else(|p| p.into_inner());
-    maps.config().map(|_| ()).map_err(|e| e.to_string())
+    {
+        let maps = shared.maps.lock().unwrap_or_else(|p| p.into_inner());
+        maps.config().map(|_| ()).map_err(|e| e.to_string())?;
+    }
+    match &shared.pods {
+        Some(pods) => pods.health(),
+        None => Ok(()),
+    }
+}
+
+/// Notes that do not make the agent unhealthy (pods refused for a malformed annotation).
+fn health_notes(shared: &Shared) -> String {
+    let Some(pods) = &shared.pods else {
+        return String::new();
+    };
+    let refused = pods.refused.lock().unwrap_or_else(|p| p.into_inner());
+    refused
+        .iter()
+        .map(|(pod, why)| format!("pod {pod} is not enrolled: {why}\n"))
+        .collect()
 }
 
 /// Serves `/healthz` and `/metrics` on `listener` until the task is dropped.
@@ -169,7 +223,11 @@ fn text(status: StatusCode, content_type: &str, body: String) -> Response<Full<B
 fn respond(path: &str, shared: &Shared, registry: &Registry) -> Response<Full<Bytes>> {
     match path {
         "/healthz" | "/readyz" => match health(shared) {
-            Ok(()) => text(StatusCode::OK, "text/plain", "ok\n".into()),
+            Ok(()) => text(
+                StatusCode::OK,
+                "text/plain",
+                format!("ok\n{}", health_notes(shared)),
+            ),
             Err(why) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",

@@ -8,8 +8,10 @@ use crate::enroll::Enrollment;
 use crate::error::{Error, Result};
 use crate::host;
 use crate::install::{self, Layout};
+use crate::kubelet;
 use crate::maps::{Maps, Source};
 use crate::reload::{self, Watch};
+use crate::watch;
 use redirector_common::programs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,6 +37,21 @@ pub struct Options {
     pub admin_addr: String,
     /// How often the configuration file is checked for changes.
     pub reload_interval: Duration,
+    /// The node's cgroup2 root (default: the cgroup2 mount in /proc/self/mounts). In a
+    /// container, a hostPath of the node's root: the container's own /sys/fs/cgroup is its
+    /// cgroup namespace, not the node's.
+    pub cgroup_root: Option<PathBuf>,
+    /// Kubernetes mode: enroll the selected pods of this node.
+    pub kubernetes: Option<Kubernetes>,
+}
+
+/// Options of the Kubernetes mode.
+#[derive(Clone, Debug)]
+pub struct Kubernetes {
+    /// This node's name (from the downward API: never the hostname).
+    pub node_name: String,
+    /// kubelet's cgroupRoot, under the node's cgroup2 root (`/` by default, as on EKS).
+    pub kubelet_root: PathBuf,
 }
 
 impl Options {
@@ -65,6 +82,33 @@ fn apply(maps: &mut Maps, cfg: &Redirect, cgroup_root: &Path) -> Result<()> {
     Enrollment::new(maps, cgroup_root, Source::Config).sync(&cfg.cgroups)
 }
 
+/// Checks the Kubernetes options and builds the API client (in-cluster, or KUBECONFIG)
+/// before anything is attached. The client does not connect here: an API server that is
+/// unreachable now is retried by the watch.
+async fn kubernetes_client(k: &Kubernetes, cgroup_root: &Path) -> Result<kube::Client> {
+    if k.node_name.trim().is_empty() {
+        return Err(Error::Config {
+            what: "--kubernetes needs this node's name: set NODE_NAME from the downward API \
+                   (env: valueFrom: fieldRef: fieldPath: spec.nodeName) or pass --node-name; \
+                   the hostname is not used, since nodes may be named otherwise"
+                .into(),
+        });
+    }
+    kubelet::check_root(cgroup_root).map_err(|e| Error::Config {
+        what: format!("--cgroup-root: {e}"),
+    })?;
+    // The API server speaks TLS in a cluster: one crypto provider, ring, as everywhere here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    kube::Client::try_default()
+        .await
+        .map_err(|e| Error::Config {
+            what: format!(
+                "--kubernetes: no Kubernetes client configuration ({e}); in a pod, the \
+                 service account is used; elsewhere set KUBECONFIG"
+            ),
+        })
+}
+
 /// Runs the agent until SIGTERM or SIGINT.
 pub async fn run(opts: Options) -> Result<()> {
     // Everything that can be checked is checked before the kernel is touched.
@@ -88,7 +132,14 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut hup = signal(SignalKind::hangup()).map_err(Error::io("SIGHUP handler"))?;
     let mut term = signal(SignalKind::terminate()).map_err(Error::io("SIGTERM handler"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(Error::io("SIGINT handler"))?;
-    let cgroup_root = host::cgroup2_mount()?;
+    let cgroup_root = match &opts.cgroup_root {
+        Some(root) => root.clone(),
+        None => host::cgroup2_mount()?,
+    };
+    let kube = match &opts.kubernetes {
+        Some(k) => Some(kubernetes_client(k, &cgroup_root).await?),
+        None => None,
+    };
     let first = opts.config_file.as_deref().map(reload::read);
     let mut cfg = load_config(&opts, first.as_ref(), &cgroup_root)?;
     let mut watch = first.map(Watch::new);
@@ -159,7 +210,17 @@ pub async fn run(opts: Options) -> Result<()> {
         generation: inst.generation.clone(),
         reloads_ok: Default::default(),
         reloads_failed: Default::default(),
+        pods: kube.as_ref().map(|_| Arc::new(watch::Status::default())),
     });
+    if let (Some(client), Some(k), Some(status)) = (kube, &opts.kubernetes, &shared.pods) {
+        let pods = watch::Pods::new(
+            shared.clone(),
+            status.clone(),
+            cgroup_root.clone(),
+            k.kubelet_root.clone(),
+        );
+        tokio::spawn(watch::run(client, k.node_name.clone(), pods));
+    }
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin endpoint (/healthz, /metrics) listening");
     tokio::spawn(admin::serve(listener, shared.clone()));
 

@@ -10,10 +10,13 @@ pub mod enroll;
 pub mod error;
 pub mod host;
 pub mod install;
+pub mod kubelet;
 pub mod logs;
 pub mod maps;
+pub mod pods;
 pub mod reload;
 pub mod status;
 mod sys;
+pub mod watch;
 
 pub use error::{Error, Result};

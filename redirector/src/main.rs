@@ -27,6 +27,11 @@ struct Cli {
     /// Pin directory (default: <bpffs>/lattice-egress/v<layout version>); must be on bpffs.
     #[arg(long, global = true, env = "LATTICE_REDIRECTOR_PIN_DIR")]
     pin_dir: Option<PathBuf>,
+    /// The node's cgroup2 root [default: the cgroup2 mount in /proc/self/mounts]. In a
+    /// container, mount the node's root by hostPath and name it here: the container's own
+    /// /sys/fs/cgroup is its cgroup namespace, not the node's.
+    #[arg(long, global = true, env = "LATTICE_REDIRECTOR_CGROUP_ROOT")]
+    cgroup_root: Option<PathBuf>,
     /// Log format.
     #[arg(long, global = true, env = "LATTICE_REDIRECTOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -113,9 +118,32 @@ struct RunArgs {
     /// Address of /healthz and /metrics.
     #[arg(long, env = "LATTICE_REDIRECTOR_ADMIN_ADDR", default_value = config::defaults::METRICS_ADDR)]
     admin_addr: String,
+    /// Kubernetes mode: watch the pods of this node (--node-name) and enroll the selected
+    /// ones (in-cluster service account, or KUBECONFIG).
+    #[arg(long, env = "LATTICE_REDIRECTOR_KUBERNETES")]
+    kubernetes: bool,
+    /// This node's name, for --kubernetes (set NODE_NAME from the downward API's
+    /// spec.nodeName; never the hostname).
+    #[arg(long, env = "NODE_NAME", default_value = "")]
+    node_name: String,
+    /// kubelet's cgroupRoot, for --kubernetes: the directory under --cgroup-root that holds
+    /// kubepods.slice (systemd driver) or kubepods (cgroupfs driver).
+    #[arg(
+        long,
+        env = "LATTICE_REDIRECTOR_KUBELET_CGROUP_ROOT",
+        default_value = "/"
+    )]
+    kubelet_cgroup_root: PathBuf,
     /// Seconds between checks of the configuration file for changes.
     #[arg(long, env = "LATTICE_REDIRECTOR_RELOAD_INTERVAL", default_value_t = 5)]
     reload_interval: u64,
+}
+
+fn cgroup_root(cli: &Cli) -> lattice_redirector::Result<PathBuf> {
+    match &cli.cgroup_root {
+        Some(root) => Ok(root.clone()),
+        None => host::cgroup2_mount(),
+    }
 }
 
 fn init_tracing(format: LogFormat) {
@@ -186,6 +214,11 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 pin_dir: cli.pin_dir.clone(),
                 admin_addr: args.admin_addr.clone(),
                 reload_interval: Duration::from_secs(args.reload_interval.max(1)),
+                cgroup_root: cli.cgroup_root.clone(),
+                kubernetes: args.kubernetes.then(|| agent::Kubernetes {
+                    node_name: args.node_name.clone(),
+                    kubelet_root: args.kubelet_cgroup_root.clone(),
+                }),
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -195,7 +228,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status => {
-            print!("{}", status::report(&layout, &host::cgroup2_mount()?)?);
+            print!("{}", status::report(&layout, &cgroup_root(&cli)?)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor => {
@@ -219,7 +252,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             if !layout.exists() {
                 return Err(Error::NotInstalled(layout.root.clone()));
             }
-            let root = host::cgroup2_mount()?;
+            let root = cgroup_root(&cli)?;
             let mut maps = Maps::open(&layout.maps())?;
             let mut enrollment = Enrollment::new(&mut maps, &root, Source::Command);
             if matches!(cli.command, Command::Enroll { .. }) {

@@ -492,6 +492,9 @@ fn run_bad(sb: &Sandbox, extra: &[&str]) -> (i32, String) {
     args.extend(extra.iter().map(|s| s.to_string()));
     let out = std::process::Command::new(support::AGENT)
         .args(&args)
+        .env_remove("NODE_NAME")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
         .output()
         .unwrap();
     assert!(
@@ -507,7 +510,8 @@ fn run_bad(sb: &Sandbox, extra: &[&str]) -> (i32, String) {
 #[test]
 fn bad_input_is_named_and_leaves_nothing_attached() {
     let sb = Sandbox::new("bad");
-    let cases: [(&[&str], i32, &str); 7] = [
+    let not_a_root = sb.root.to_str().unwrap();
+    let cases: [(&[&str], i32, &str); 11] = [
         (&["--bogus"], 2, "unexpected argument '--bogus'"),
         (
             &["--prefix", "169.254.171.0/33"],
@@ -534,6 +538,28 @@ fn bad_input_is_named_and_leaves_nothing_attached() {
             &["--admin-addr", "localhost"],
             64,
             "'localhost' is not ADDRESS:PORT",
+        ),
+        (&["--kubernetes"], 64, "--kubernetes needs this node's name"),
+        (
+            &[
+                "--kubernetes",
+                "--node-name",
+                "n",
+                "--cgroup-root",
+                not_a_root,
+            ],
+            64,
+            "not the root of the hierarchy",
+        ),
+        (
+            &["--kubernetes", "--node-name", "n", "--cgroup-root", "/tmp"],
+            64,
+            "is not a cgroup2 filesystem",
+        ),
+        (
+            &["--kubernetes", "--node-name", "n"],
+            64,
+            "no Kubernetes client configuration",
         ),
     ];
     for (args, code, message) in cases {
@@ -600,4 +626,176 @@ fn a_new_object_is_attached_before_the_old_generation_goes() {
     // The maps carried over: the counter keeps the connect made under the old generation.
     expect_redirect(&sb, &mut p, &sb.app, APP, LATTICE_V4, 80);
     assert_eq!(counter(&counters(&sb), "redirected"), 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Kubernetes mode, against the scripted API server (lattice-tests' kube_api).
+
+/// kubelet's cgroups for the test's pods, under the sandbox's cgroup; removed deepest first
+/// on drop (before the sandbox removes its own), pass or fail.
+#[derive(Default)]
+struct KubeletTree(Vec<std::path::PathBuf>);
+
+impl KubeletTree {
+    fn create(&mut self, path: std::path::PathBuf) -> std::path::PathBuf {
+        std::fs::create_dir(&path).unwrap();
+        self.0.push(path.clone());
+        path
+    }
+}
+
+impl Drop for KubeletTree {
+    fn drop(&mut self) {
+        for dir in self.0.iter().rev() {
+            let deadline = std::time::Instant::now() + WAIT;
+            // Probes end by themselves; a cgroup is removable once its last one has exited.
+            while std::fs::remove_dir(dir).is_err()
+                && dir.exists()
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// A Pod as the API server returns it.
+fn pod(name: &str, uid: &str, node: &str, qos: &str, inject: bool) -> serde_json::Value {
+    let annotations = if inject {
+        serde_json::json!({ "lattice-egress.io/inject": "true" })
+    } else {
+        serde_json::json!({})
+    };
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "namespace": "apps", "uid": uid, "annotations": annotations },
+        "spec": {
+            "nodeName": node,
+            "containers": [{ "name": "app", "image": "demo" }],
+            "securityContext": { "runAsGroup": 1000 }
+        },
+        "status": { "phase": "Running", "qosClass": qos }
+    })
+}
+
+/// The value of one sample of the agent's /metrics.
+fn metric(agent: &support::Agent, sample: &str) -> String {
+    let (_, metrics) = agent.http_get("/metrics");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(sample).map(|v| v.trim().to_string()))
+        .unwrap_or_else(|| panic!("no {sample} in:\n{metrics}"))
+}
+
+#[test]
+fn kubernetes_mode_enrolls_the_pods_of_its_node_and_only_those() {
+    use lattice_tests::kube_api::FakeApiServer;
+    const WEB: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
+    const API: &str = "6f1c9a3e-0d2b-4c55-9e1a-7b3d2c4e5f60";
+    const PLAIN: &str = "0a0b0c0d-1111-2222-3333-444455556666";
+    let sb = Sandbox::new("kube");
+    let server = FakeApiServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+
+    // kubelet's systemd layout, under the sandbox's cgroup (the agent's kubelet root).
+    let mut tree = KubeletTree::default();
+    let kubepods = tree.create(sb.root.join("kubepods.slice"));
+    let burstable = tree.create(kubepods.join("kubepods-burstable.slice"));
+    let besteffort = tree.create(kubepods.join("kubepods-besteffort.slice"));
+    let plain = tree.create(besteffort.join(format!(
+        "kubepods-besteffort-pod{}.slice",
+        PLAIN.replace('-', "_")
+    )));
+    let plain_app = tree.create(plain.join("cri-containerd-plain.scope"));
+
+    // Pods that exist before the agent starts: one selected whose cgroup kubelet has not
+    // made yet, one selected on another node, one of this node that did not opt in.
+    server.apply(pod("web", WEB, "node-a", "Burstable", true));
+    server.apply(pod("elsewhere", API, "node-b", "Burstable", true));
+    server.apply(pod("plain", PLAIN, "node-a", "BestEffort", false));
+
+    let mut agent = sb.kube_agent(&kubeconfig, "node-a");
+    agent.wait_for("pod watch synced", WAIT);
+    agent.wait_for("pod waits for its cgroup", WAIT);
+    assert_eq!(agent.http_get("/healthz").0, "HTTP/1.1 200 OK");
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|r| r.contains("fieldSelector=spec.nodeName=node-a")),
+        "{:?}",
+        server.requests()
+    );
+    assert_eq!(
+        metric(&agent, "lattice_redirector_pods{state=\"watched\"}"),
+        "2"
+    );
+    assert_eq!(
+        metric(&agent, "lattice_redirector_pods{state=\"pending\"}"),
+        "1"
+    );
+
+    // kubelet creates the pod's cgroup late: it is found and enrolled.
+    let web = tree.create(burstable.join(format!(
+        "kubepods-burstable-pod{}.slice",
+        WEB.replace('-', "_")
+    )));
+    let web_app = tree.create(web.join("cri-containerd-web.scope"));
+    agent.wait_for("pod enrolled", WAIT);
+    let mut p = proxy(&sb, "127.0.0.1", 4);
+    expect_redirect(&sb, &mut p, &web_app, APP, LATTICE_V4, 80);
+    assert!(unreachable(&sb.connect(&plain_app, APP, LATTICE_V4, 80)));
+    assert!(counters(&sb).contains("kubernetes"), "{}", counters(&sb));
+
+    // kill -9 and a new agent: redirection never stops, and the new agent resyncs.
+    agent.kill9();
+    expect_redirect(&sb, &mut p, &web_app, APP, LATTICE_V4, 80);
+    let mut agent = sb.kube_agent(&kubeconfig, "node-a");
+    agent.wait_for("pod watch synced", WAIT);
+    agent.wait_for("pod enrolled", WAIT);
+    assert_eq!(
+        metric(&agent, "lattice_redirector_pods{state=\"enrolled\"}"),
+        "1"
+    );
+
+    // RBAC denied: logged, retried, never fatal; what is enrolled stays.
+    let mark = agent.mark();
+    server.deny(Some(403));
+    server.drop_watches();
+    let line = agent.wait_after(mark, "watching this node's pods failed", WAIT);
+    assert!(line.contains("forbidden"), "{line}");
+    expect_redirect(&sb, &mut p, &web_app, APP, LATTICE_V4, 80);
+
+    // The pod is deleted while the agent cannot watch, and the history is compacted: the
+    // agent's next watch gets 410, it relists, and unenrolls only what is really gone.
+    server.apply(pod("api", API, "node-a", "Burstable", true));
+    server.delete("apps", "web");
+    server.compact();
+    let mark = agent.mark();
+    server.deny(None);
+    agent.wait_after(mark, "missing from the relist", WAIT);
+    assert!(unreachable(&sb.connect(&web_app, APP, LATTICE_V4, 80)));
+    assert_eq!(
+        metric(&agent, "lattice_redirector_pods{state=\"pending\"}"),
+        "1"
+    );
+    let restarts: u64 = metric(&agent, "lattice_redirector_pod_watch_restarts_total")
+        .parse()
+        .unwrap();
+    assert!(restarts >= 1, "{restarts}");
+
+    // A Guaranteed pod's cgroup sits directly under kubepods.slice; a delete event
+    // unenrolls it.
+    let api = tree.create(kubepods.join(format!("kubepods-pod{}.slice", API.replace('-', "_"))));
+    let api_app = tree.create(api.join("cri-containerd-api.scope"));
+    server.apply(pod("api", API, "node-a", "Guaranteed", true));
+    agent.wait_after(mark, "pod enrolled", WAIT);
+    expect_redirect(&sb, &mut p, &api_app, APP, LATTICE_V4, 80);
+    server.delete("apps", "api");
+    agent.wait_after(mark, "pod unenrolled: deleted", WAIT);
+    assert!(unreachable(&sb.connect(&api_app, APP, LATTICE_V4, 80)));
+    assert_eq!(agent.http_get("/healthz").0, "HTTP/1.1 200 OK");
 }

@@ -12,7 +12,8 @@
 //! - Lattice's own answers ([`respond`]) and `x-amzn-lattice-*` headers toward targets
 //!   ([`server`]);
 //! - a fake EKS Pod Identity agent handing out the registry's credentials
-//!   ([`pod_identity`]).
+//!   ([`pod_identity`]);
+//! - a fake Kubernetes API server serving Pods to the node agent's watch ([`kube_api`]).
 //!
 //! Start it in-process with [`start`] (or [`Emulator::new`] then [`Emulator::serve`]), or run
 //! the `lattice-emulator` binary with a JSON [`FileConfig`]. The crate's README describes the
@@ -23,6 +24,7 @@
 pub mod config;
 pub mod credentials;
 pub mod demo;
+pub mod kube_api;
 pub mod netns;
 pub mod pod_identity;
 pub mod policy;

@@ -48,10 +48,34 @@ pub fn ensure_botocore() -> Result<()> {
         .context("run `python3 -m pip install botocore`")
 }
 
+/// Makes sure kubernetes-validate (strict Kubernetes schemas, 1.25-1.37) is importable by
+/// `python3`: the deploy tests validate the rendered manifests with it.
+pub fn ensure_kubernetes_validate() -> Result<()> {
+    let ok = Command::new("python3")
+        .args(["-c", "import kubernetes_validate"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        return Ok(());
+    }
+    step("installing kubernetes-validate for python3 (schemas for the deploy/ manifests)");
+    setup::run(Command::new("python3").args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        // 1.37.x has the schemas of Kubernetes 1.25 to 1.37 (the tests use 1.27, 1.29, 1.33).
+        "kubernetes-validate~=1.37.0",
+    ]))
+    .context("run `python3 -m pip install 'kubernetes-validate~=1.37.0'`")
+}
+
 pub fn run(opts: &Test) -> Result<()> {
     setup::require_root("cargo xtask test")?;
     setup::apt_install(PACKAGES)?;
     ensure_botocore()?;
+    ensure_kubernetes_validate()?;
     ebpf::run(&ebpf::BuildEbpf {})?;
     let root = setup::workspace_root();
     if !opts.no_lint {

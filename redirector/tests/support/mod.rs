@@ -131,6 +131,33 @@ impl Sandbox {
         Agent::start(&args)
     }
 
+    /// Starts the agent in Kubernetes mode as the DaemonSet does (node `node`, the node's
+    /// cgroup2 root, kubelet's tree under this sandbox's cgroup), against the API server
+    /// that `kubeconfig` names; nothing enrolled by configuration.
+    pub fn kube_agent(&self, kubeconfig: &Path, node: &str) -> Agent {
+        let kubelet_root = self.root.strip_prefix(&self.cgroup2).unwrap();
+        let mut args = self.pin_args();
+        args.extend(
+            [
+                "run",
+                "--kubernetes",
+                "--node-name",
+                node,
+                "--cgroup-root",
+                self.cgroup2.to_str().unwrap(),
+                "--kubelet-cgroup-root",
+                kubelet_root.to_str().unwrap(),
+                "--attach-cgroup",
+                self.root.to_str().unwrap(),
+                "--admin-addr",
+                "127.0.0.1:0",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        Agent::start_with(&args, &[("KUBECONFIG", kubeconfig.to_str().unwrap())])
+    }
+
     /// Runs a one-shot agent command (status, enroll, uninstall…).
     pub fn command(&self, args: &[&str]) -> std::process::Output {
         let mut all = self.pin_args();
@@ -201,8 +228,14 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(args: &[String]) -> Agent {
+        Agent::start_with(args, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables.
+    pub fn start_with(args: &[String], env: &[(&str, &str)]) -> Agent {
         let mut child = Command::new(AGENT)
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -33,42 +33,36 @@ pub struct Test {
 /// conntrack (only the benchmarks, but cheap), python3 for botocore.
 const PACKAGES: &[&str] = &["iproute2", "util-linux", "curl", "iptables", "conntrack"];
 
-/// Makes sure botocore (the independent SigV4 oracle) is importable by `python3`.
-pub fn ensure_botocore() -> Result<()> {
+/// Makes sure `python3` can import `module`, installing `requirement` with pip when not;
+/// `what` says what the tests use it for.
+fn ensure_python_module(module: &str, requirement: &str, what: &str) -> Result<()> {
     let ok = Command::new("python3")
-        .args(["-c", "import botocore"])
+        .args(["-c", &format!("import {module}")])
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
     if ok {
         return Ok(());
     }
-    step("installing botocore for python3 (the independent SigV4 oracle)");
-    setup::run(Command::new("python3").args(["-m", "pip", "install", "--quiet", "botocore"]))
-        .context("run `python3 -m pip install botocore`")
+    step(&format!("installing {requirement} for python3 ({what})"));
+    setup::run(Command::new("python3").args(["-m", "pip", "install", "--quiet", requirement]))
+        .with_context(|| format!("run `python3 -m pip install '{requirement}'`"))
 }
 
-/// Makes sure kubernetes-validate (strict Kubernetes schemas, 1.25-1.37) is importable by
-/// `python3`: the deploy tests validate the rendered manifests with it.
+/// Makes sure botocore (the independent SigV4 oracle) is importable by `python3`.
+pub fn ensure_botocore() -> Result<()> {
+    ensure_python_module("botocore", "botocore", "the independent SigV4 oracle")
+}
+
+/// Makes sure kubernetes-validate (strict Kubernetes schemas) is importable by `python3`:
+/// the deploy tests validate the rendered manifests with it. 1.37.x has the schemas of
+/// Kubernetes 1.25 to 1.37 (the tests use 1.27, 1.29, 1.33).
 pub fn ensure_kubernetes_validate() -> Result<()> {
-    let ok = Command::new("python3")
-        .args(["-c", "import kubernetes_validate"])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if ok {
-        return Ok(());
-    }
-    step("installing kubernetes-validate for python3 (schemas for the deploy/ manifests)");
-    setup::run(Command::new("python3").args([
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        // 1.37.x has the schemas of Kubernetes 1.25 to 1.37 (the tests use 1.27, 1.29, 1.33).
+    ensure_python_module(
+        "kubernetes_validate",
         "kubernetes-validate~=1.37.0",
-    ]))
-    .context("run `python3 -m pip install 'kubernetes-validate~=1.37.0'`")
+        "schemas for the deploy/ manifests",
+    )
 }
 
 pub fn run(opts: &Test) -> Result<()> {

@@ -514,8 +514,55 @@ fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
 mod tests {
     use super::*;
 
-    /// Connections go to the worker with the fewest open ones; a worker that has gone away
-    /// is skipped.
+    type Handed = mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>;
+
+    /// The next connection the balancer hands to any worker still listening: the worker's
+    /// index and the client address. It waits for the hand-over itself, however long the
+    /// balancer takes to be scheduled; the 30 s bound only stops a hung test.
+    async fn next_handed(workers: &mut [Option<Handed>]) -> (usize, SocketAddr) {
+        let handed = std::future::poll_fn(|cx| {
+            for (i, rx) in workers.iter_mut().enumerate() {
+                if let Some(rx) = rx {
+                    match rx.poll_recv(cx) {
+                        std::task::Poll::Ready(Some((_, client))) => {
+                            return std::task::Poll::Ready((i, client))
+                        }
+                        std::task::Poll::Ready(None) => panic!("the balancer has stopped"),
+                        std::task::Poll::Pending => {}
+                    }
+                }
+            }
+            std::task::Poll::Pending
+        });
+        tokio::time::timeout(Duration::from_secs(30), handed)
+            .await
+            .expect("no connection was handed to a worker within 30 s")
+    }
+
+    /// Connects once and returns the worker the balancer gave the connection to.
+    async fn connect_and_see(
+        addr: SocketAddr,
+        workers: &mut [Option<Handed>],
+        clients: &mut Vec<TcpStream>,
+    ) -> usize {
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (worker, from) = next_handed(workers).await;
+        // The connection handed over is the one just made, not another.
+        assert_eq!(from, client.local_addr().unwrap());
+        clients.push(client);
+        worker
+    }
+
+    fn open_counts(workers: &[WorkerHandle]) -> Vec<usize> {
+        workers
+            .iter()
+            .map(|w| w.open.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Connections go to the worker with the fewest open ones (the first of equals); a
+    /// worker that has gone away is skipped. Each connection is followed to its worker before
+    /// the next is made, so the order of the hand-overs is exact.
     #[tokio::test]
     async fn balancer_spreads_connections_evenly() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -525,7 +572,7 @@ mod tests {
         let mut handles = Vec::new();
         for _ in 0..3 {
             let (tx, rx) = mpsc::unbounded_channel();
-            rxs.push(rx);
+            rxs.push(Some(rx));
             handles.push(WorkerHandle {
                 tx,
                 open: Arc::new(AtomicUsize::new(0)),
@@ -536,39 +583,30 @@ mod tests {
         let workers: Arc<[WorkerHandle]> = handles.into();
         let balancer = tokio::spawn(balance(listener, workers.clone(), stop_rx));
 
+        // Open [2, 0, 0]: 1 and 2 take turns until they catch up with 0, then all three do.
         let mut clients = Vec::new();
+        let mut got = Vec::new();
         for _ in 0..7 {
-            clients.push(TcpStream::connect(addr).await.unwrap());
+            got.push(connect_and_see(addr, &mut rxs, &mut clients).await);
         }
-        let mut got = [0; 3];
-        for (i, rx) in rxs.iter_mut().enumerate() {
-            while got.iter().sum::<usize>() < 7 {
-                match tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
-                    Ok(Some(_)) => got[i] += 1,
-                    _ => break,
-                }
-            }
-        }
+        assert_eq!(got, [1, 2, 1, 2, 0, 1, 2]);
         // 2+7 connections over three workers: three each.
-        assert_eq!(got, [1, 3, 3]);
-        let open: Vec<usize> = workers
-            .iter()
-            .map(|w| w.open.load(Ordering::Relaxed))
-            .collect();
-        assert_eq!(open, [3, 3, 3]);
+        assert_eq!(open_counts(&workers), [3, 3, 3]);
 
         // Worker 1 stops: the next connections go to 0 and 2 only.
-        drop(rxs.remove(1));
+        rxs[1] = None;
+        let mut later = Vec::new();
         for _ in 0..2 {
-            clients.push(TcpStream::connect(addr).await.unwrap());
+            later.push(connect_and_see(addr, &mut rxs, &mut clients).await);
         }
-        let mut later = 0;
-        for rx in rxs.iter_mut() {
-            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
-                later += 1;
-            }
+        assert_eq!(later, [0, 2]);
+        assert_eq!(open_counts(&workers), [4, 3, 4]);
+        for rx in rxs.iter_mut().flatten() {
+            assert!(
+                rx.try_recv().is_err(),
+                "a connection nobody made was handed over"
+            );
         }
-        assert_eq!(later, 2);
 
         stop.send(true).unwrap();
         balancer.await.unwrap();

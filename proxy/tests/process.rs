@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -11,15 +11,6 @@ use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioExecutor;
 use lattice_proxy::error::ERROR_HEADER;
-
-/// Polls `f` until it returns true; the deadline only stops a hung test.
-async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !f().await {
-        assert!(Instant::now() < deadline, "gave up waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Starts the proxy binary with static credentials in the environment and waits for /readyz.
 async fn spawn_ready(up: &Upstream, args: &[&str]) -> ProxyProcess {
@@ -78,7 +69,11 @@ async fn fails_closed_without_credentials() {
 #[tokio::test]
 async fn pod_identity_credentials_are_refreshed_before_expiry() {
     let up = Upstream::start().await;
-    let agent = PodIdentity::start(Duration::from_secs(4)).await;
+    // "Before expiry" is a deadline by nature: the proxy refreshes at half the remaining
+    // lifetime, and every request below must find valid credentials. The agent's expiry is
+    // in whole seconds, so 10 s leaves at least 4.5 s between a refresh falling due and the
+    // old key expiring: room for a starved scheduler, where 4 s left only 1.5 s.
+    let agent = PodIdentity::start(Duration::from_secs(10)).await;
     let p = ProxyProcess::spawn(
         &child_args(&up, &[]),
         &[
@@ -192,8 +187,26 @@ async fn sigterm_drains_in_flight_requests() {
         p.logs().contains("draining in-flight")
     })
     .await;
-    // New connections are refused once the listener is closed.
-    assert!(tokio::net::TcpStream::connect(p.proxy).await.is_err());
+    // The listener closes while the request is still in flight, and new connections are
+    // refused. Polled: the workers log "draining" when they see the stop, but the listener
+    // belongs to the accepting task, which drops it when it sees the same stop: which of the
+    // two comes first is up to the scheduler. The request cannot finish before the second
+    // half of its body is sent below, so the listener must close during the drain.
+    eventually(
+        "the listener to close",
+        async || match tokio::net::TcpStream::connect(p.proxy).await {
+            Ok(_) => false,
+            Err(e) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+                true
+            }
+        },
+    )
+    .await;
+    assert!(
+        !inflight.is_finished(),
+        "the request ended before its body was sent (did the drain deadline pass first?)"
+    );
     tx.send(Bytes::from_static(b"second half")).await.unwrap();
     drop(tx);
     let resp = inflight.await.unwrap().unwrap();

@@ -273,6 +273,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub pki: TestPki,
+    /// Connections that served `/then-close`, to be dropped by [`Upstream::close_marked`].
+    marked: Arc<Mutex<Vec<Arc<tokio::sync::Notify>>>>,
     _task: tokio::task::JoinHandle<()>,
 }
 
@@ -304,8 +306,10 @@ impl Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let marked: Arc<Mutex<Vec<Arc<tokio::sync::Notify>>>> = Arc::default();
         let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config.clone());
         let seen2 = seen.clone();
+        let marked2 = marked.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
@@ -315,12 +319,15 @@ impl Upstream {
                 let oracle = oracle.clone();
                 let seen = seen2.clone();
                 let pca_pem = pca_pem.clone();
+                let marked = marked2.clone();
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
-                    // `/then-close`: answer normally (keep-alive), then drop the idle
-                    // connection, as a load balancer's idle timeout does.
+                    // `/then-close`: answer normally (keep-alive) and mark the connection;
+                    // the test drops it with `close_marked` once the response has arrived,
+                    // so the connection is idle when it goes, as with a load balancer's
+                    // idle timeout (a timer here could cut the response off on a slow run).
                     let close = Arc::new(tokio::sync::Notify::new());
                     let close2 = close.clone();
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
@@ -328,7 +335,7 @@ impl Upstream {
                         let seen = seen.clone();
                         let pca_pem = pca_pem.clone();
                         if req.uri().path() == "/then-close" {
-                            close2.notify_one();
+                            marked.lock().unwrap().push(close2.clone());
                         }
                         async move {
                             Ok::<_, Infallible>(upstream_handle(req, oracle, seen, pca_pem).await)
@@ -339,10 +346,7 @@ impl Upstream {
                     let conn = builder.serve_connection(TokioIo::new(tls), svc);
                     tokio::select! {
                         _ = conn => {}
-                        _ = async {
-                            close.notified().await;
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        } => {}
+                        _ = close.notified() => {}
                     }
                 });
             }
@@ -351,12 +355,24 @@ impl Upstream {
             addr,
             seen,
             pki,
+            marked,
             _task: task,
         }
     }
 
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// Drops the connections that served `/then-close`; returns how many. Call it after the
+    /// response has arrived: the connection is then idle on the proxy's side.
+    pub fn close_marked(&self) -> usize {
+        let marked = std::mem::take(&mut *self.marked.lock().unwrap());
+        for close in &marked {
+            // A stored permit if the connection task is not waiting yet: never lost.
+            close.notify_one();
+        }
+        marked.len()
     }
 }
 
@@ -646,13 +662,47 @@ pub async fn send(
     )
 }
 
-/// Raw HTTP/1.1 exchange: writes `request` and reads until the peer closes or `limit`.
+/// How long a test waits for something that should happen before it gives up: only a hung
+/// test ever waits this long, so it is generous.
+pub const HANG: Duration = Duration::from_secs(60);
+
+/// Polls `f` until it returns true; [`HANG`] only stops a hung test.
+pub async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + HANG;
+    while !f().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether the admin's /metrics has the sample line `line` (name, labels and value).
+pub async fn has_metric(admin: SocketAddr, line: &str) -> bool {
+    admin_get(admin, "/metrics")
+        .await
+        .1
+        .lines()
+        .any(|l| l == line)
+}
+
+/// Raw HTTP/1.1 exchange: writes `request` and reads until the peer closes the connection
+/// (a peer that keeps it open fails the test after [`HANG`]).
 pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(request).await.unwrap();
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut out)).await;
+    tokio::time::timeout(HANG, s.read_to_end(&mut out))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the connection is still open after {HANG:?}; got so far: {}",
+                String::from_utf8_lossy(&out)
+            )
+        })
+        .unwrap();
     String::from_utf8_lossy(&out).into_owned()
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Kept on its own address so probes and scrapes never share a port (or limits) with
 //! application traffic. Readiness is a latch on the credentials: not ready until valid
-//! credentials are held, and not ready again once draining starts.
+//! credentials are held (and, with `--redirect-check`, until this pod's connects are
+//! redirected: see [`crate::redirect_check`]), and not ready again once draining starts.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ use tokio::sync::watch;
 
 use crate::body::ProxyBody;
 use crate::credentials::CredentialsCache;
+use crate::redirect_check::RedirectCheck;
 
 /// What the admin endpoints report on.
 #[derive(Clone)]
@@ -30,10 +32,12 @@ pub struct AdminState {
     pub draining: Arc<AtomicBool>,
     /// The metrics registry.
     pub registry: Arc<Registry>,
+    /// Readiness also waits for this pod's connects to be redirected, when set.
+    pub redirect_check: Option<Arc<RedirectCheck>>,
 }
 
 impl AdminState {
-    fn respond(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+    async fn respond(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n".into());
         }
@@ -43,11 +47,19 @@ impl AdminState {
                 if self.draining.load(Ordering::Relaxed) {
                     text(StatusCode::SERVICE_UNAVAILABLE, "draining\n".into())
                 } else {
-                    match self.credentials.identity() {
-                        Ok(_) => text(StatusCode::OK, "ready\n".into()),
-                        Err(e) => text(
+                    let redirected = match &self.redirect_check {
+                        Some(check) => check.run().await,
+                        None => Ok(()),
+                    };
+                    match (self.credentials.identity(), redirected) {
+                        (Ok(_), Ok(())) => text(StatusCode::OK, "ready\n".into()),
+                        (Err(e), _) => text(
                             StatusCode::SERVICE_UNAVAILABLE,
                             format!("not ready: {e}\n").replace(['\r'], ""),
+                        ),
+                        (_, Err(why)) => text(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {why}\n"),
                         ),
                     }
                 }
@@ -97,8 +109,8 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut stop: watch::Re
         let state = state.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let resp = state.respond(&req);
-                async move { Ok::<_, Infallible>(resp) }
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(state.respond(&req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -194,6 +194,12 @@ pub struct Args {
     /// Log each canonical request and string to sign (the session token is redacted).
     #[arg(long, env = "LATTICE_PROXY_LOG_SIGNING_PROCESS")]
     pub log_signing_process: bool,
+
+    /// Ready only once a connect to this loopback address reaches this proxy: set it to
+    /// lattice-redirector's check port (127.0.0.1:15009) so that the startupProbe holds the
+    /// app until its pod is enrolled.
+    #[arg(long, env = "LATTICE_PROXY_REDIRECT_CHECK")]
+    pub redirect_check: Option<SocketAddr>,
 }
 
 /// Validated configuration.
@@ -227,6 +233,8 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// Log canonical requests (token redacted).
     pub log_signing_process: bool,
+    /// The redirect check's address, when readiness waits for the redirect.
+    pub redirect_check: Option<SocketAddr>,
     /// Worker runtimes; 0 serves on the caller's runtime (tests, embedding).
     pub workers: usize,
     /// Private CA to fetch from ACM PCA at start.
@@ -404,6 +412,18 @@ impl Config {
             max_header_bytes: args.max_header_bytes,
             header_read_timeout: args.header_read_timeout,
             log_signing_process: args.log_signing_process,
+            redirect_check: match args.redirect_check {
+                Some(a) if !a.ip().is_loopback() => {
+                    return Err(invalid(
+                        "--redirect-check",
+                        format!(
+                            "{a} is not a loopback address: give lattice-redirector's check \
+                             port on loopback, e.g. 127.0.0.1:15009"
+                        ),
+                    ))
+                }
+                other => other,
+            },
             workers: match args.workers {
                 Some(0) => return Err(invalid("--workers", "must be at least 1")),
                 Some(n) => n,

@@ -288,10 +288,29 @@ fn jitter(d: Duration) -> Duration {
 pub async fn default_chain(
     region: Option<String>,
 ) -> (Option<SharedCredentialsProvider>, Option<String>) {
-    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
-    let http = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
-        .build_https();
+    use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
+    // With no system CA certificates (a minimal image without a bundle), the SDK's TLS
+    // context would assert on an empty native store: start from an empty one instead, say
+    // what that costs, and let the HTTP providers (Pod Identity, IMDS) and env work.
+    let native = rustls_native_certs::load_native_certs();
+    let trust = if native.certs.is_empty() {
+        tracing::warn!(
+            errors = ?native.errors,
+            "no system CA certificates: credential providers that use HTTPS (STS, for IRSA) \
+             cannot verify TLS; mount a CA bundle or set SSL_CERT_FILE (EKS Pod Identity, \
+             IMDS and environment credentials need none)"
+        );
+        TrustStore::empty()
+    } else {
+        TrustStore::default()
+    };
+    let mut builder = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring));
+    match TlsContext::builder().with_trust_store(trust).build() {
+        Ok(ctx) => builder = builder.tls_context(ctx),
+        Err(e) => tracing::warn!("the credential providers' TLS settings: {e}"),
+    }
+    let http = builder.build_https();
     let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
     if let Some(r) = region {
         loader = loader.region(Region::new(r));

@@ -25,6 +25,7 @@ pub mod orig_dst;
 pub mod pca;
 pub mod pool;
 pub mod proxy;
+pub mod redirect_check;
 pub mod server;
 pub mod sign;
 pub mod upstream;

@@ -10,7 +10,7 @@ use aws_smithy_runtime_api::client::identity::Identity;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Method, Request, Response, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Body, Incoming};
 use sha2::{Digest, Sha256};
@@ -23,6 +23,7 @@ use crate::deadline::Deadlines;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::pool::{Names, Pool, PoolError};
+use crate::redirect_check;
 use crate::sign::{canonical_query, hex, PayloadMode, Signer};
 
 /// What the server knows about the client connection.
@@ -60,6 +61,8 @@ enum Prepared {
     Signed(Request<ProxyBody>, Arc<Route>),
     /// Its payload is to be signed: the body is read and hashed first.
     ReadBody(Unread),
+    /// Answered by the proxy itself: the redirect check (see [`redirect_check`]).
+    Answered(Response<ProxyBody>),
 }
 
 /// A request whose body is read and hashed before it is signed.
@@ -191,6 +194,7 @@ impl Proxy {
             }
             // Boxed: rare, and its future would make every request's larger.
             Ok(Prepared::ReadBody(unread)) => Box::pin(self.read_sign_send(unread, start)).await,
+            Ok(Prepared::Answered(resp)) => Ok(resp),
             Err(e) => Err(e),
         };
         let (mut resp, error) = match result {
@@ -232,7 +236,20 @@ impl Proxy {
         }
 
         let route = self.route(&req)?;
-        let authority = route.upstream.clone()?;
+        let authority = match &route.upstream {
+            Ok(a) => a.clone(),
+            // Never an allowed host: the check is answered only with this process's token.
+            Err(_) if route.host == redirect_check::HOST => {
+                if let Some(token) = redirect_check::answer(req.headers()) {
+                    let mut resp = Response::new(ProxyBody::empty());
+                    *resp.status_mut() = StatusCode::NO_CONTENT;
+                    resp.headers_mut().insert(redirect_check::HEADER, token);
+                    return Ok(Prepared::Answered(resp));
+                }
+                return Err(route.upstream.clone().unwrap_err().into());
+            }
+            Err(e) => return Err(e.clone().into()),
+        };
 
         // Credentials before anything else touches the network: fail closed.
         let identity = self

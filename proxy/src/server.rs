@@ -242,6 +242,9 @@ pub async fn start(
             credentials: credentials.clone(),
             draining: draining.clone(),
             registry: Arc::new(registry),
+            redirect_check: config
+                .redirect_check
+                .map(|a| Arc::new(crate::redirect_check::RedirectCheck::new(a))),
         },
         admin_stop_rx,
     ));

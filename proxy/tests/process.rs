@@ -238,3 +238,35 @@ fn invalid_configuration_exits_64() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--allowed-domain"), "{err}");
 }
+
+#[tokio::test]
+async fn starts_and_signs_on_a_host_without_ca_certificates() {
+    // A minimal image without a CA bundle (SSL_CERT_FILE naming an empty file is what
+    // rustls-native-certs then reads): the proxy warns and still serves with env
+    // credentials and its --ca-file for the upstream.
+    let up = Upstream::start().await;
+    let dir = TempDir::new("no-roots");
+    let empty = dir.0.join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let p = ProxyProcess::spawn(
+        &child_args(&up, &[]),
+        &[
+            ("AWS_ACCESS_KEY_ID", AKID.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", secret_for(AKID)),
+            ("AWS_SESSION_TOKEN", token_for(AKID)),
+            ("SSL_CERT_FILE", empty.display().to_string()),
+            ("SSL_CERT_DIR", dir.0.display().to_string()),
+        ],
+    );
+    eventually("ready", async || {
+        admin_get(p.admin, "/readyz").await.0 == StatusCode::OK
+    })
+    .await;
+    let (status, _, body) = send(p.proxy, "GET", HOST, "/no-roots", b"").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        p.logs().contains("no system CA certificates"),
+        "{}",
+        p.logs()
+    );
+}

@@ -857,3 +857,88 @@ fn full_listener() -> (u16, (std::net::TcpListener, Vec<std::net::TcpStream>)) {
     }
     (addr.port(), (listener, held))
 }
+
+/// What answers at the redirect check's address in [`readiness_waits_for_the_redirect`].
+const CHECK_NOTHING: u8 = 0;
+const CHECK_OTHER_SERVER: u8 = 1;
+const CHECK_REDIRECTED: u8 = 2;
+
+#[tokio::test]
+async fn readiness_waits_for_the_redirect() {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let up = Upstream::start().await;
+    // The check address stays bound for the whole test (so no other test can take it):
+    // first not listening (a pod not yet enrolled: refused), then served by a task that
+    // stands for what may be there — another server, or the eBPF redirect to the proxy.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let check_addr = socket.local_addr().unwrap().to_string();
+    let p = start_proxy(config(&up, &["--redirect-check", &check_addr])).await;
+    let admin = p.admin_addr();
+
+    let (status, body) = admin_get(admin, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body.contains("not redirected") && body.contains("refused"),
+        "{body}"
+    );
+
+    let mode = Arc::new(AtomicU8::new(CHECK_OTHER_SERVER));
+    let listener = socket.listen(16).unwrap();
+    let proxy_addr = p.proxy_addrs()[0];
+    let served = mode.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            match served.load(Ordering::SeqCst) {
+                CHECK_REDIRECTED => {
+                    let mut to_proxy = tokio::net::TcpStream::connect(proxy_addr).await.unwrap();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy_bidirectional(&mut conn, &mut to_proxy).await;
+                    });
+                }
+                _ => {
+                    let mut buf = [0u8; 1024];
+                    let _ = conn.read(&mut buf).await;
+                    let _ = conn
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                        )
+                        .await;
+                }
+            }
+        }
+    });
+
+    // Something else listens on the port: not the proxy, so not ready.
+    let (status, body) = admin_get(admin, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("something else answered"), "{body}");
+
+    // Redirected to this proxy: ready, and it stays so (the check is not repeated).
+    mode.store(CHECK_REDIRECTED, Ordering::SeqCst);
+    assert_eq!(
+        admin_get(admin, "/readyz").await,
+        (StatusCode::OK, "ready\n".into())
+    );
+    mode.store(CHECK_NOTHING, Ordering::SeqCst);
+    assert_eq!(admin_get(admin, "/readyz").await.0, StatusCode::OK);
+
+    // An app asking for the check's name gets what any host off the list gets.
+    let (status, headers, _) = send(
+        proxy_addr,
+        "GET",
+        lattice_proxy::redirect_check::HOST,
+        "/",
+        b"",
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(headers.get(lattice_proxy::redirect_check::HEADER).is_none());
+    assert!(up.seen().is_empty(), "nothing may go upstream");
+    server.abort();
+    p.shutdown().await;
+}

@@ -7,7 +7,7 @@
 /// Version of the pinned layout. The agent pins under `<bpffs>/lattice-egress/v<N>/`, so a
 /// new layout never reuses maps of an old one (aya does not check key/value sizes of a
 /// pinned map it reuses).
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Map names (≤ 15 bytes: the kernel truncates longer names).
 pub mod maps {
@@ -103,8 +103,14 @@ pub struct RedirectConfig {
     pub proxy_gid: u32,
     /// `FLAG_*` bits.
     pub flags: u32,
+    /// The redirect check's port, host order (0: off). A TCP connect to loopback
+    /// (127.0.0.1, ::1, ::ffff:127.0.0.1) on this port from an enrolled cgroup goes to the
+    /// proxy whatever the caller's GID, the proxy's own included: the proxy's readiness
+    /// connects there to learn that its pod's connects are really redirected. Nothing
+    /// listens on it, so from a cgroup that is not enrolled the connect is refused.
+    pub canary_port: u32,
 }
-const _: () = assert!(core::mem::size_of::<RedirectConfig>() == 36);
+const _: () = assert!(core::mem::size_of::<RedirectConfig>() == 40);
 
 /// A destination as the app asked for it.
 #[repr(C)]
@@ -163,11 +169,13 @@ pub enum Counter {
     OrigDstAnswered = 10,
     /// A getpeername rewritten to the original destination.
     PeerRestored = 11,
+    /// A redirect-check connect (loopback, [`RedirectConfig::canary_port`]) sent to the proxy.
+    Canary = 12,
 }
 
 impl Counter {
     /// Number of counters (the map's size).
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
     /// All counters, by index.
     pub const ALL: [Counter; Self::COUNT as usize] = [
         Counter::Redirected,
@@ -182,6 +190,7 @@ impl Counter {
         Counter::RecordFailed,
         Counter::OrigDstAnswered,
         Counter::PeerRestored,
+        Counter::Canary,
     ];
 
     /// Stable name for metrics and `status`.
@@ -199,6 +208,7 @@ impl Counter {
             Counter::RecordFailed => "record_failed",
             Counter::OrigDstAnswered => "orig_dst_answered",
             Counter::PeerRestored => "peer_restored",
+            Counter::Canary => "canary_redirected",
         }
     }
 }

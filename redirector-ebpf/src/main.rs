@@ -36,6 +36,9 @@ use redirector_common::{
 
 /// Verdict that lets the syscall proceed (rewritten or not).
 const ALLOW: i32 = 1;
+/// Where the redirect check connects: loopback, on which no real destination is redirected.
+const LOOPBACK_V4: [u8; 4] = [127, 0, 0, 1];
+const LOOPBACK_V6: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 const AF_INET: u32 = 2;
 
 #[map(name = "LE_CONFIG")]
@@ -85,6 +88,9 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<(), Skip> {
     let port = ctx::user_port(ctx);
     if dst == cfg.proxy_v4 && port == cfg.proxy_port {
         return Err(Counter::SkipLoop);
+    }
+    if port == cfg.canary_port && dst == LOOPBACK_V4 {
+        return canary(ctx, cfg, cfg.proxy_v4, None);
     }
     if PREFIXES_V4.get(Key::new(32, dst)).is_none() {
         return Err(Counter::SkipPrefix);
@@ -141,6 +147,9 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<(), Skip> {
     if dst == proxy && port == cfg.proxy_port {
         return Err(Counter::SkipLoop);
     }
+    if port == cfg.canary_port && (dst == LOOPBACK_V6 || dst == ctx::map_v4(LOOPBACK_V4)) {
+        return canary(ctx, cfg, [0; 4], Some(proxy));
+    }
     let in_prefixes = match mapped {
         Some(v4) => PREFIXES_V4.get(Key::new(32, v4)).is_some(),
         None => PREFIXES_V6.get(Key::new(128, dst)).is_some(),
@@ -170,6 +179,30 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<(), Skip> {
             cfg.proxy_port
         );
     }
+    Ok(())
+}
+
+/// A redirect check (see [`RedirectConfig::canary_port`]): sent to the proxy when the
+/// caller's cgroup is enrolled, whatever its GID; nothing is recorded.
+#[inline(always)]
+fn canary(
+    ctx: &SockAddrContext,
+    cfg: &RedirectConfig,
+    proxy_v4: [u8; 4],
+    proxy_v6: Option<[u8; 16]>,
+) -> Result<(), Skip> {
+    if cfg.canary_port == 0 {
+        return Err(Counter::SkipPrefix);
+    }
+    if !enrolled() {
+        return Err(Counter::SkipNotEnrolled);
+    }
+    match proxy_v6 {
+        Some(v6) => ctx::set_user_ip6(ctx, v6),
+        None => ctx::set_user_ip4(ctx, proxy_v4),
+    }
+    ctx::set_user_port(ctx, cfg.proxy_port);
+    count(Counter::Canary);
     Ok(())
 }
 

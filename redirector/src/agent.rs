@@ -181,6 +181,19 @@ pub async fn run(opts: Options) -> Result<()> {
         }
         return Err(e);
     }
+    if opts.pin_dir.is_none() {
+        // Both layouts redirect meanwhile: a connect already aimed at the proxy is left alone.
+        for old in Layout::older_under_bpffs(&opts.bpffs) {
+            match install::uninstall(&old) {
+                Ok(_) => {
+                    tracing::info!(pins = %old.root.display(), "removed an older agent's programs and pins (the new ones were attached first)")
+                }
+                Err(e) => {
+                    tracing::warn!(pins = %old.root.display(), "removing an older agent's pins failed: {e}")
+                }
+            }
+        }
+    }
     tracing::info!(
         cgroup = %attach.display(),
         pins = %layout.root.display(),

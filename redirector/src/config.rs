@@ -91,6 +91,8 @@ pub struct Redirect {
     pub proxy_port: u16,
     /// The proxy's GID: its connects are never rewritten.
     pub proxy_gid: Option<u32>,
+    /// The redirect check's port (see `RedirectConfig::canary_port`); `None`: off.
+    pub canary_port: Option<u16>,
     /// Log every redirected connect (through aya-log).
     pub log_redirects: bool,
     /// Cgroups enrolled by configuration (absolute paths inside the cgroup2 mount).
@@ -107,6 +109,9 @@ pub mod defaults {
     pub const PROXY_PORT: u16 = 15001;
     /// Istio's convention for the sidecar's uid/gid.
     pub const PROXY_GID: u32 = 1337;
+    /// The redirect check: the proxy connects to 127.0.0.1 on it to learn that it is
+    /// redirected (15000 and 15001 are the proxy's own admin and listen ports).
+    pub const CANARY_PORT: u16 = 15009;
     pub const METRICS_ADDR: &str = "0.0.0.0:15090";
 }
 
@@ -122,6 +127,8 @@ pub struct File {
     pub proxy_v6: Option<String>,
     pub proxy_port: Option<i64>,
     pub proxy_gid: Option<i64>,
+    /// A port, or "off".
+    pub canary_port: Option<toml::Value>,
     pub log_redirects: Option<bool>,
     pub cgroups: Option<Vec<PathBuf>>,
     pub metrics_addr: Option<String>,
@@ -158,6 +165,7 @@ pub struct Overrides {
     pub proxy_v6: Option<String>,
     pub proxy_port: Option<String>,
     pub proxy_gid: Option<String>,
+    pub canary_port: Option<String>,
     pub log_redirects: Option<bool>,
     pub cgroups: Option<Vec<PathBuf>>,
 }
@@ -346,6 +354,29 @@ pub fn resolve(file: &File, over: &Overrides, cgroup_root: &Path) -> Result<Redi
         }
     }
 
+    let canary = match (&over.canary_port, &file.canary_port) {
+        (Some(p), _) => Some(("--canary-port", p.clone())),
+        (None, Some(toml::Value::String(s))) => Some(("config key canary-port", s.clone())),
+        (None, Some(v)) => Some(("config key canary-port", v.to_string())),
+        (None, None) => None,
+    };
+    let canary_port = match canary {
+        Some((_, v)) if v.trim().eq_ignore_ascii_case("off") => None,
+        Some((src, v)) => Some(parse_port(src, &v)?),
+        None => Some(defaults::CANARY_PORT),
+    };
+    if let Some(c) = canary_port {
+        if c == proxy_port {
+            return Err(bad(
+                "--canary-port",
+                format!(
+                    "{c} is also the proxy's port (--proxy-port): choose another port for \
+                     the redirect check, or `off`"
+                ),
+            ));
+        }
+    }
+
     let cgroup_list = over
         .cgroups
         .clone()
@@ -367,6 +398,7 @@ pub fn resolve(file: &File, over: &Overrides, cgroup_root: &Path) -> Result<Redi
         proxy_v6,
         proxy_port,
         proxy_gid,
+        canary_port,
         log_redirects: over.log_redirects.or(file.log_redirects).unwrap_or(false),
         cgroups,
     })
@@ -471,6 +503,39 @@ mod tests {
         assert_eq!(c.proxy_port, 15001);
         assert_eq!(c.prefixes.len(), 2);
         assert_eq!(c.proxy_gid, Some(1337));
+    }
+
+    #[test]
+    fn the_redirect_check_port_is_on_by_default_and_can_be_turned_off() {
+        let none = Overrides::default();
+        let c = resolve(&File::default(), &none, &root()).unwrap();
+        assert_eq!(c.canary_port, Some(15009));
+        let file: File = toml::from_str("canary-port = 15123").unwrap();
+        assert_eq!(
+            resolve(&file, &none, &root()).unwrap().canary_port,
+            Some(15123)
+        );
+        let file: File = toml::from_str("canary-port = \"off\"").unwrap();
+        assert_eq!(resolve(&file, &none, &root()).unwrap().canary_port, None);
+        let over = Overrides {
+            canary_port: Some("off".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            resolve(&File::default(), &over, &root())
+                .unwrap()
+                .canary_port,
+            None
+        );
+        let clash: File = toml::from_str("canary-port = 15001").unwrap();
+        let e = resolve(&clash, &none, &root()).unwrap_err().to_string();
+        assert!(e.contains("also the proxy's port"), "{e}");
+        let bad: File = toml::from_str("canary-port = \"http\"").unwrap();
+        let e = resolve(&bad, &none, &root()).unwrap_err().to_string();
+        assert!(
+            e.contains("config key canary-port") && e.contains("'http'"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -65,6 +65,18 @@ impl Layout {
         }
     }
 
+    /// Installations of older layouts under a bpffs mount (an agent of an earlier version
+    /// left them): removed once the current layout is attached, so that the upgrade is
+    /// make-before-break across layouts too.
+    pub fn older_under_bpffs(bpffs: &Path) -> Vec<Layout> {
+        (1..LAYOUT_VERSION)
+            .map(|v| Layout {
+                root: bpffs.join("lattice-egress").join(format!("v{v}")),
+            })
+            .filter(|l| l.root.exists())
+            .collect()
+    }
+
     /// Directory of the pinned maps.
     pub fn maps(&self) -> PathBuf {
         self.root.join("maps")

@@ -102,6 +102,11 @@ struct RunArgs {
     /// GID of the proxy, never redirected, or `none` [default: 1337].
     #[arg(long, env = "LATTICE_REDIRECTOR_PROXY_GID")]
     proxy_gid: Option<String>,
+    /// Port of the redirect check, or `off` [default: 15009]: a connect to loopback on it
+    /// from an enrolled cgroup reaches the proxy whatever the GID (the proxy's readiness
+    /// uses it to learn that its pod is redirected).
+    #[arg(long, env = "LATTICE_REDIRECTOR_CANARY_PORT")]
+    canary_port: Option<String>,
     /// Log every redirected connect.
     #[arg(long, env = "LATTICE_REDIRECTOR_LOG_REDIRECTS")]
     log_redirects: bool,
@@ -206,6 +211,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     proxy_v6: args.proxy_v6.clone(),
                     proxy_port: args.proxy_port.clone(),
                     proxy_gid: args.proxy_gid.clone(),
+                    canary_port: args.canary_port.clone(),
                     log_redirects: args.log_redirects.then_some(true),
                     cgroups: args.cgroups.clone(),
                 },

@@ -223,6 +223,7 @@ pub fn config_slot(cfg: &Redirect) -> RedirectConfig {
         gid_mode: cfg.gids.mode as u32,
         proxy_gid: cfg.proxy_gid.unwrap_or(0),
         flags,
+        canary_port: cfg.canary_port.map_or(0, u32::from),
     }
 }
 

@@ -83,7 +83,7 @@ pub fn report(layout: &Layout, cgroup_root: &Path) -> Result<String> {
         };
         let _ = writeln!(
             out,
-            "config: proxy {}:{} / [{}]:{}, {mode} listed, proxy gid {}, log redirects {}",
+            "config: proxy {}:{} / [{}]:{}, {mode} listed, proxy gid {}, redirect check port {}, log redirects {}",
             Ipv4Addr::from(c.proxy_v4),
             c.proxy_port,
             Ipv6Addr::from(c.proxy_v6),
@@ -92,6 +92,11 @@ pub fn report(layout: &Layout, cgroup_root: &Path) -> Result<String> {
                 c.proxy_gid.to_string()
             } else {
                 "none".into()
+            },
+            if c.canary_port != 0 {
+                c.canary_port.to_string()
+            } else {
+                "off".into()
             },
             c.flags & FLAG_LOG_REDIRECTS != 0
         );

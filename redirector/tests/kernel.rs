@@ -76,6 +76,25 @@ fn probe() {
                 let _ = s.write_all(b"hello\n");
             }
         }
+        ["http-get", addr, port, path] => {
+            let sa = SocketAddr::new(addr.parse().unwrap(), port.parse().unwrap());
+            match TcpStream::connect_timeout(&sa, Duration::from_secs(5)) {
+                Ok(mut s) => {
+                    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                    write!(
+                        s,
+                        "GET {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n"
+                    )
+                    .unwrap();
+                    let mut text = String::new();
+                    let _ = std::io::Read::read_to_string(&mut s, &mut text);
+                    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+                    let status = head.lines().next().unwrap_or_default();
+                    println!("PROBE http {status} | {}", body.replace('\n', " "));
+                }
+                Err(e) => println!("PROBE error {e}"),
+            }
+        }
         other => panic!("unknown probe command {other:?}"),
     }
 }
@@ -694,13 +713,34 @@ fn kubernetes_mode_enrolls_the_pods_of_its_node_and_only_those() {
     const WEB: &str = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
     const API: &str = "6f1c9a3e-0d2b-4c55-9e1a-7b3d2c4e5f60";
     const PLAIN: &str = "0a0b0c0d-1111-2222-3333-444455556666";
+    const BAD: &str = "0badbad0-1111-2222-3333-444455556666";
     let sb = Sandbox::new("kube");
     let server = FakeApiServer::start();
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     server.write_kubeconfig(&kubeconfig).unwrap();
 
-    // kubelet's systemd layout, under the sandbox's cgroup (the agent's kubelet root).
+    // Pods that exist before the agent starts: one selected whose cgroup kubelet has not
+    // made yet, one selected on another node, one of this node that did not opt in, and
+    // one whose annotation is malformed.
+    server.apply(pod("web", WEB, "node-a", "Burstable", true));
+    server.apply(pod("elsewhere", API, "node-b", "Burstable", true));
+    server.apply(pod("plain", PLAIN, "node-a", "BestEffort", false));
+    let mut bad = pod("bad", BAD, "node-a", "Burstable", true);
+    bad["metadata"]["annotations"]["lattice-egress.io/ports"] = "80,http".into();
+    server.apply(bad);
+
+    // No kubelet tree yet: unhealthy, with the reason, and nothing enrolled by guess.
+    let mut agent = sb.kube_agent(&kubeconfig, "node-a");
+    agent.wait_for(
+        "no pod is enrolled until the cgroup layout is recognised",
+        WAIT,
+    );
+    let (status, body) = agent.http_get("/healthz");
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable", "{body}");
+    assert!(body.contains("cgroup layout is not recognised"), "{body}");
+
+    // kubelet's systemd layout appears under the sandbox's cgroup (the kubelet root).
     let mut tree = KubeletTree::default();
     let kubepods = tree.create(sb.root.join("kubepods.slice"));
     let burstable = tree.create(kubepods.join("kubepods-burstable.slice"));
@@ -711,16 +751,21 @@ fn kubernetes_mode_enrolls_the_pods_of_its_node_and_only_those() {
     )));
     let plain_app = tree.create(plain.join("cri-containerd-plain.scope"));
 
-    // Pods that exist before the agent starts: one selected whose cgroup kubelet has not
-    // made yet, one selected on another node, one of this node that did not opt in.
-    server.apply(pod("web", WEB, "node-a", "Burstable", true));
-    server.apply(pod("elsewhere", API, "node-b", "Burstable", true));
-    server.apply(pod("plain", PLAIN, "node-a", "BestEffort", false));
-
-    let mut agent = sb.kube_agent(&kubeconfig, "node-a");
+    agent.wait_for("kubelet cgroup layout recognised", WAIT);
     agent.wait_for("pod watch synced", WAIT);
     agent.wait_for("pod waits for its cgroup", WAIT);
-    assert_eq!(agent.http_get("/healthz").0, "HTTP/1.1 200 OK");
+    let line = agent.wait_for("pod not enrolled", WAIT);
+    assert!(
+        line.contains("apps/bad") && line.contains("'80,http'"),
+        "{line}"
+    );
+    let (status, body) = agent.http_get("/healthz");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert!(body.contains("pod apps/bad is not enrolled"), "{body}");
+    assert_eq!(
+        metric(&agent, "lattice_redirector_pods{state=\"refused\"}"),
+        "1"
+    );
     assert!(
         server
             .requests()
@@ -731,7 +776,7 @@ fn kubernetes_mode_enrolls_the_pods_of_its_node_and_only_those() {
     );
     assert_eq!(
         metric(&agent, "lattice_redirector_pods{state=\"watched\"}"),
-        "2"
+        "3"
     );
     assert_eq!(
         metric(&agent, "lattice_redirector_pods{state=\"pending\"}"),
@@ -798,4 +843,191 @@ fn kubernetes_mode_enrolls_the_pods_of_its_node_and_only_those() {
     agent.wait_after(mark, "pod unenrolled: deleted", WAIT);
     assert!(unreachable(&sb.connect(&api_app, APP, LATTICE_V4, 80)));
     assert_eq!(agent.http_get("/healthz").0, "HTTP/1.1 200 OK");
+}
+
+#[test]
+fn the_redirect_check_reaches_the_proxy_from_enrolled_cgroups_only() {
+    let sb = Sandbox::new("canary");
+    let _agent = sb.agent(&[]);
+    let mut p = proxy(&sb, "127.0.0.1", 2);
+    // From the enrolled cgroup it reaches the proxy whatever the GID, the proxy's own
+    // included; nothing is recorded for it.
+    for gid in [PROXY, 0] {
+        assert_eq!(
+            sb.connect(&sb.app, gid, "127.0.0.1", 15009),
+            "connected peer=127.0.0.1:15001 got=hello",
+            "gid {gid}"
+        );
+        assert!(p.line().starts_with("accepted orig=none"), "gid {gid}");
+    }
+    // From a cgroup that is not enrolled: nothing listens on the port.
+    let refused = sb.connect(&sb.other, PROXY, "127.0.0.1", 15009);
+    assert!(refused.contains("refused"), "{refused}");
+    let status = counters(&sb);
+    assert_eq!(counter(&status, "canary_redirected"), 2, "{status}");
+    assert_eq!(counter(&status, "redirected"), 0, "{status}");
+    assert!(status.contains("redirect check port 15009"), "{status}");
+}
+
+/// `GET path` on the proxy's admin port from inside the sandbox's netns.
+fn admin_get(sb: &Sandbox, path: &str) -> String {
+    sb.probe(
+        &sb.other,
+        APP,
+        APP,
+        &["http-get", "127.0.0.1", "15000", path],
+    )
+    .finish()
+}
+
+#[test]
+fn the_proxy_is_ready_only_once_its_pod_is_enrolled() {
+    let sb = Sandbox::new("ready");
+    let _agent = sb.agent(&[]);
+    // The real sidecar, as the sidecar component runs it: the proxy's uid/gid, in a cgroup
+    // that is not enrolled yet, its readiness waiting for the redirect check.
+    let proxy_bin = std::path::Path::new(support::AGENT).with_file_name("lattice-proxy");
+    assert!(
+        proxy_bin.is_file(),
+        "{} is missing: build it first (`cargo build --workspace --bins`; `cargo xtask test` does)",
+        proxy_bin.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let ca = dir.path().join("ca.pem");
+    let tls = lattice_tests::tls::generate(&["example.com".to_string()]).unwrap();
+    std::fs::write(&ca, tls.ca_pem).unwrap();
+    let mut cmd = std::process::Command::new(&proxy_bin);
+    cmd.args([
+        "--redirect-check",
+        "127.0.0.1:15009",
+        "--region",
+        "us-west-2",
+    ])
+    .args(["--workers", "1", "--system-roots=false", "--ca-file"])
+    .arg(&ca)
+    .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    .env(
+        "AWS_SECRET_ACCESS_KEY",
+        "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+    )
+    .env("AWS_EC2_METADATA_DISABLED", "true")
+    .env("RUST_LOG", "info")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::fs::File::create(dir.path().join("proxy.log")).unwrap());
+    let mut proxy = support::spawn_in_pod(&mut cmd, &sb.other, &sb.netns, PROXY, PROXY);
+    let log = || std::fs::read_to_string(dir.path().join("proxy.log")).unwrap_or_default();
+    struct Reap<'a>(&'a mut std::process::Child);
+    impl Drop for Reap<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let proxy = Reap(&mut proxy);
+
+    // Wait for the admin port to answer; until the pod is enrolled it answers 503.
+    let deadline = std::time::Instant::now() + WAIT;
+    let first = loop {
+        let got = admin_get(&sb, "/readyz");
+        if got.starts_with("http ") {
+            break got;
+        }
+        if let Some(status) = proxy.0.try_wait().unwrap() {
+            panic!("lattice-proxy exited with {status}:\n{}", log());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no admin answer: {got}; lattice-proxy's log:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        first.starts_with("http HTTP/1.1 503") && first.contains("not redirected"),
+        "{first}"
+    );
+    // Still not ready however often it is asked: nothing redirects its pod.
+    let again = admin_get(&sb, "/readyz");
+    assert!(again.starts_with("http HTTP/1.1 503"), "{again}");
+
+    let out = sb.command(&["enroll", sb.other.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(admin_get(&sb, "/readyz"), "http HTTP/1.1 200 OK | ready");
+    assert_eq!(counter(&counters(&sb), "canary_redirected"), 1);
+    drop(proxy);
+}
+
+#[test]
+fn an_older_layout_is_removed_once_the_new_one_is_attached() {
+    let sb = Sandbox::new("layout");
+    // A bpffs instance of the test's own (every mount is a new, empty one), so that the
+    // default layout path can be used without touching the host's /sys/fs/bpf.
+    let dir = tempfile::tempdir().unwrap();
+    let bpffs = dir.path().join("bpf");
+    std::fs::create_dir(&bpffs).unwrap();
+    nix::mount::mount(
+        Some("bpf"),
+        &bpffs,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for v in ["v1", "v2"] {
+                let _ = std::process::Command::new(support::AGENT)
+                    .arg("--pin-dir")
+                    .arg(self.0.join("lattice-egress").join(v))
+                    .arg("uninstall")
+                    .output();
+            }
+            let _ = nix::mount::umount(&self.0);
+        }
+    }
+    let _unmount = Unmount(bpffs.clone());
+    let root = bpffs.join("lattice-egress");
+    let v1 = root.join("v1");
+    let common = |extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "--bpffs",
+            bpffs.to_str().unwrap(),
+            "run",
+            "--attach-cgroup",
+            sb.root.to_str().unwrap(),
+            "--cgroup",
+            sb.app.to_str().unwrap(),
+            "--admin-addr",
+            "127.0.0.1:0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+
+    // An older agent's installation, pinned where layout v1 lives.
+    let mut old = support::Agent::start(&common(&["--pin-dir", v1.to_str().unwrap()]));
+    old.wait_for("attached and pinned programs", WAIT);
+    old.kill9();
+    let mut p = proxy(&sb, "127.0.0.1", 2);
+    expect_redirect(&sb, &mut p, &sb.app, APP, LATTICE_V4, 80);
+
+    // The new agent (default layout): attaches v2 first, then removes v1.
+    let mut new = support::Agent::start(&common(&[]));
+    new.wait_for("removed an older agent's programs and pins", WAIT);
+    assert!(!v1.exists(), "the v1 pins are left");
+    assert!(root.join("v2/links").is_dir(), "no v2 links");
+    expect_redirect(&sb, &mut p, &sb.app, APP, LATTICE_V4, 80);
 }

@@ -367,6 +367,8 @@ fn int_or_string(v: &Value) -> String {
 /// The agent's GID configuration, from its ConfigMap's TOML.
 struct AgentGids {
     proxy_gid: i64,
+    /// The redirect check's port (`canary-port`, default 15009).
+    canary_port: i64,
     redirect: Option<Vec<i64>>,
     exempt: Option<Vec<i64>>,
 }
@@ -407,6 +409,10 @@ fn agent_gids() -> AgentGids {
             .expect("redirector.toml sets proxy-gid (the sidecar's GID is checked against it)"),
         redirect: ints("redirect-gids"),
         exempt: ints("exempt-gids"),
+        canary_port: table
+            .get("canary-port")
+            .map(|v| v.as_integer().expect("canary-port is a port number here"))
+            .unwrap_or(15009),
     }
 }
 
@@ -780,6 +786,13 @@ fn check_opted_in_pod(source: &str, docs: &[Value], workload: &Value, gids: &Age
     // Admin address, probes and port agree.
     let admin = flag_value(proxy, "--admin").expect("lattice-proxy --admin");
     assert_eq!(admin, "0.0.0.0:15000", "{what}");
+    // The startupProbe holds the app until the agent has enrolled the pod: the proxy's
+    // redirect check must aim at the agent's check port.
+    assert_eq!(
+        flag_value(proxy, "--redirect-check"),
+        Some(format!("127.0.0.1:{}", gids.canary_port).as_str()),
+        "{what}: lattice-proxy --redirect-check must be the agent's canary-port on loopback"
+    );
     assert_eq!(
         port_number(proxy, &Value::from("proxy-admin")),
         15000,

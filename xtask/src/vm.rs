@@ -101,13 +101,16 @@ pub fn run(opts: &VmTest) -> Result<()> {
 
     ebpf::run(&ebpf::BuildEbpf {})?;
     let root = setup::workspace_root();
-    step("cargo build -p lattice-redirector");
+    // lattice-proxy too: a kernel test runs the real sidecar's readiness check.
+    step("cargo build -p lattice-redirector -p lattice-proxy");
     setup::run(Command::new("cargo").current_dir(&root).args([
         "build",
         "-p",
         "lattice-redirector",
+        "-p",
+        "lattice-proxy",
     ]))
-    .context("building lattice-redirector failed (see the compiler output above)")?;
+    .context("building the binaries failed (see the compiler output above)")?;
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
@@ -435,10 +438,19 @@ fn build_initramfs(agent: &Path, kernel_tests: Option<&Path>, work: &Path) -> Re
     let mut binaries = vec![agent.to_path_buf()];
     if let Some(tests) = kernel_tests {
         // The tests start the agent by its build path (CARGO_BIN_EXE_lattice-redirector).
-        let link = tree.join(agent.strip_prefix("/").unwrap_or(agent));
-        std::fs::create_dir_all(link.parent().expect("a file has a parent"))?;
-        std::os::unix::fs::symlink("/bin/lattice-redirector", &link)
-            .with_context(|| format!("linking {}", link.display()))?;
+        // They find lattice-proxy beside it.
+        let proxy = agent.with_file_name("lattice-proxy");
+        strip_into(&proxy, &tree.join("bin/lattice-proxy"))?;
+        binaries.push(proxy.clone());
+        for (built, inside) in [
+            (agent, "/bin/lattice-redirector"),
+            (&proxy, "/bin/lattice-proxy"),
+        ] {
+            let link = tree.join(built.strip_prefix("/").unwrap_or(built));
+            std::fs::create_dir_all(link.parent().expect("a file has a parent"))?;
+            std::os::unix::fs::symlink(inside, &link)
+                .with_context(|| format!("linking {}", link.display()))?;
+        }
         strip_into(tests, &tree.join("bin/kernel-tests"))?;
         binaries.push(tests.to_path_buf());
         let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]

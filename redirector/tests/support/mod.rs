@@ -363,11 +363,47 @@ pub struct Probe {
     out: BufReader<std::process::ChildStdout>,
 }
 
+/// Spawns `cmd` "in a pod": in `cgroup` (joined first: entering the netns does not change
+/// it), in network namespace `netns`, as `uid`/`gid` with no supplementary groups.
+pub fn spawn_in_pod(cmd: &mut Command, cgroup: &Path, netns: &str, uid: u32, gid: u32) -> Child {
+    let netns_path = PathBuf::from("/run/netns").join(netns);
+    let netns_file = std::fs::File::open(&netns_path).unwrap();
+    let procs = cgroup.join("cgroup.procs");
+    let netns_fd = std::os::fd::AsRawFd::as_raw_fd(&netns_file);
+    // SAFETY: between fork and exec we only make async-signal-safe syscalls on memory
+    // prepared before the fork.
+    unsafe {
+        let procs = std::ffi::CString::new(procs.to_str().unwrap()).unwrap();
+        cmd.pre_exec(move || {
+            // Join the cgroup first: entering the netns does not change it.
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let n = libc::write(fd, b"0\n".as_ptr().cast(), 2);
+            libc::close(fd);
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(gid, gid, gid) != 0
+                || libc::setresuid(uid, uid, uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    drop(netns_file);
+    child
+}
+
 impl Probe {
     fn start(exe: &Path, cgroup: &Path, netns: &str, uid: u32, gid: u32, args: &[&str]) -> Probe {
-        let netns_path = PathBuf::from("/run/netns").join(netns);
-        let netns_file = std::fs::File::open(&netns_path).unwrap();
-        let procs = cgroup.join("cgroup.procs");
         let mut cmd = Command::new(exe);
         cmd.args([
             "--exact",
@@ -379,36 +415,7 @@ impl Probe {
         .env(PROBE_ENV, args.join(" "))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-        let netns_fd = std::os::fd::AsRawFd::as_raw_fd(&netns_file);
-        // SAFETY: between fork and exec we only make async-signal-safe syscalls on memory
-        // prepared before the fork.
-        unsafe {
-            let procs = std::ffi::CString::new(procs.to_str().unwrap()).unwrap();
-            cmd.pre_exec(move || {
-                // Join the cgroup first: entering the netns does not change it.
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
-                if fd < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let n = libc::write(fd, b"0\n".as_ptr().cast(), 2);
-                libc::close(fd);
-                if n < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::setns(netns_fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setresgid(gid, gid, gid) != 0
-                    || libc::setresuid(uid, uid, uid) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().unwrap();
-        drop(netns_file);
+        let mut child = spawn_in_pod(&mut cmd, cgroup, netns, uid, gid);
         let out = BufReader::new(child.stdout.take().unwrap());
         Probe { child, out }
     }

@@ -17,13 +17,18 @@ pub mod maps {
     pub const PREFIXES_V4: &str = "LE_PREFIX4";
     /// `LpmTrie<[u8; 16], u32>`: IPv6 destination prefixes to redirect.
     pub const PREFIXES_V6: &str = "LE_PREFIX6";
-    /// `HashMap<u32, u32>`: destination ports (host order) to redirect.
+    /// `HashMap<PolicyKey, u32>`: destination ports (host order) to redirect, per policy
+    /// (policy 0: the node-wide configuration).
     pub const PORTS: &str = "LE_PORTS";
-    /// `HashMap<u32, u32>`: GIDs the policy lists (see [`super::GidMode`]).
+    /// `HashMap<PolicyKey, u32>`: GIDs each policy lists (see [`super::GidMode`]).
     pub const GIDS: &str = "LE_GIDS";
-    /// `HashMap<u64, u32>`: enrolled cgroup ids (cgroup v2 inode numbers); a connect is
-    /// redirected when the caller's cgroup or one of its ancestors is enrolled.
+    /// `HashMap<u64, Enrollment>`: enrolled cgroup ids (cgroup v2 inode numbers); a connect
+    /// is redirected when the caller's cgroup or one of its ancestors is enrolled, under the
+    /// policy of the nearest enrolled one.
     pub const CGROUPS: &str = "LE_CGROUPS";
+    /// `Array<Policy>`: per-pod policies, by id (slot 0 unused: policy 0 is the node-wide
+    /// configuration in [`CONFIG`]).
+    pub const POLICIES: &str = "LE_POLICIES";
     /// `LruHashMap<u64, OrigDst>`: socket cookie of a redirected app socket → its original
     /// destination (answers the app's getpeername).
     pub const SOCKETS: &str = "LE_SOCKETS";
@@ -33,6 +38,19 @@ pub mod maps {
     pub const PEERS: &str = "LE_PEERS";
     /// `PerCpuArray<u64>`, indexed by [`super::Counter`].
     pub const COUNTERS: &str = "LE_COUNTERS";
+    /// Every map, for pinning.
+    pub const ALL: [&str; 10] = [
+        CONFIG,
+        PREFIXES_V4,
+        PREFIXES_V6,
+        PORTS,
+        GIDS,
+        CGROUPS,
+        POLICIES,
+        SOCKETS,
+        PEERS,
+        COUNTERS,
+    ];
 }
 
 /// Program names (≤ 15 bytes; `doctor` and `status` match on them).
@@ -57,9 +75,13 @@ pub mod programs {
 /// Capacities of the maps.
 pub mod capacity {
     pub const PREFIXES: u32 = 256;
-    pub const PORTS: u32 = 64;
-    pub const GIDS: u32 = 256;
+    /// Ports over all policies.
+    pub const PORTS: u32 = 8_192;
+    /// GIDs over all policies.
+    pub const GIDS: u32 = 8_192;
     pub const CGROUPS: u32 = 16_384;
+    /// Per-pod policies (a pod with GID or port annotations has one); slot 0 is unused.
+    pub const POLICIES: u32 = 4_096;
     /// Live redirected connections tracked per node; LRU evicts the oldest beyond that, and
     /// sock_ops deletes entries when a socket closes.
     pub const CONNECTIONS: u32 = 65_536;
@@ -111,6 +133,46 @@ pub struct RedirectConfig {
     pub canary_port: u32,
 }
 const _: () = assert!(core::mem::size_of::<RedirectConfig>() == 40);
+
+/// Value of [`maps::CGROUPS`]: who enrolled the cgroup, and under which policy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Enrollment {
+    /// Who enrolled it (the agent's own numbering: configuration, command, Kubernetes).
+    pub source: u32,
+    /// 0: the node-wide ports and GIDs; otherwise an index of [`maps::POLICIES`].
+    pub policy: u32,
+}
+const _: () = assert!(core::mem::size_of::<Enrollment>() == 8);
+
+/// Key of [`maps::PORTS`] and [`maps::GIDS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyKey {
+    /// 0 for the node-wide sets, or the policy the entry belongs to.
+    pub policy: u32,
+    /// A port (host order) or a GID.
+    pub value: u32,
+}
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 8);
+
+/// `Policy::flags`: the policy lists its own ports (under its id in [`maps::PORTS`]);
+/// otherwise the node-wide ports apply.
+pub const POLICY_OWN_PORTS: u32 = 1;
+/// `Policy::flags`: the policy lists its own GIDs (under its id in [`maps::GIDS`], read
+/// with `Policy::gid_mode`); otherwise the node-wide GIDs and mode apply.
+pub const POLICY_OWN_GIDS: u32 = 1 << 1;
+
+/// A slot of [`maps::POLICIES`]: one pod's own ports and GIDs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// `POLICY_*` bits; 0 in an unused slot.
+    pub flags: u32,
+    /// A [`GidMode`] as u32, for its own GIDs.
+    pub gid_mode: u32,
+}
+const _: () = assert!(core::mem::size_of::<Policy>() == 8);
 
 /// A destination as the app asked for it.
 #[repr(C)]
@@ -228,4 +290,7 @@ mod user {
     unsafe impl aya::Pod for super::RedirectConfig {}
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::PeerKey {}
+    unsafe impl aya::Pod for super::Enrollment {}
+    unsafe impl aya::Pod for super::PolicyKey {}
+    unsafe impl aya::Pod for super::Policy {}
 }

@@ -30,8 +30,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use redirector_common::{
-    capacity, Counter, GidMode, OrigDst, PeerKey, RedirectConfig, FLAG_ENABLED, FLAG_LOG_REDIRECTS,
-    FLAG_PROXY_GID, MAX_CGROUP_DEPTH, SOL_IP, SOL_IPV6, SO_ORIGINAL_DST,
+    capacity, Counter, Enrollment, GidMode, OrigDst, PeerKey, Policy, PolicyKey, RedirectConfig,
+    FLAG_ENABLED, FLAG_LOG_REDIRECTS, FLAG_PROXY_GID, MAX_CGROUP_DEPTH, POLICY_OWN_GIDS,
+    POLICY_OWN_PORTS, SOL_IP, SOL_IPV6, SO_ORIGINAL_DST,
 };
 
 /// Verdict that lets the syscall proceed (rewritten or not).
@@ -48,11 +49,13 @@ static PREFIXES_V4: LpmTrie<[u8; 4], u32> = LpmTrie::with_max_entries(capacity::
 #[map(name = "LE_PREFIX6")]
 static PREFIXES_V6: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(capacity::PREFIXES, 0);
 #[map(name = "LE_PORTS")]
-static PORTS: HashMap<u32, u32> = HashMap::with_max_entries(capacity::PORTS, 0);
+static PORTS: HashMap<PolicyKey, u32> = HashMap::with_max_entries(capacity::PORTS, 0);
 #[map(name = "LE_GIDS")]
-static GIDS: HashMap<u32, u32> = HashMap::with_max_entries(capacity::GIDS, 0);
+static GIDS: HashMap<PolicyKey, u32> = HashMap::with_max_entries(capacity::GIDS, 0);
 #[map(name = "LE_CGROUPS")]
-static CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(capacity::CGROUPS, 0);
+static CGROUPS: HashMap<u64, Enrollment> = HashMap::with_max_entries(capacity::CGROUPS, 0);
+#[map(name = "LE_POLICIES")]
+static POLICIES: Array<Policy> = Array::with_max_entries(capacity::POLICIES, 0);
 #[map(name = "LE_SOCKETS")]
 static SOCKETS: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(capacity::CONNECTIONS, 0);
 #[map(name = "LE_PEERS")]
@@ -194,7 +197,7 @@ fn canary(
     if cfg.canary_port == 0 {
         return Err(Counter::SkipPrefix);
     }
-    if !enrolled() {
+    if enrolled().is_none() {
         return Err(Counter::SkipNotEnrolled);
     }
     match proxy_v6 {
@@ -214,20 +217,43 @@ fn config() -> Result<&'static RedirectConfig, Skip> {
     }
 }
 
-/// The checks shared by both families, cheapest first.
+/// The checks shared by both families: the proxy's GID (cheap), then the enrollment of
+/// the caller's cgroup, whose policy says which ports and GIDs count.
 #[inline(always)]
 fn check_port_gid_cgroup(cfg: &RedirectConfig, port: u32) -> Result<(), Skip> {
-    if PORTS.get_ptr(port).is_none() {
-        return Err(Counter::SkipPort);
-    }
     // The real GID of the calling task (iptables' owner match uses the socket file's fsgid;
     // the two differ only for set-gid programs).
     let gid = (bpf_get_current_uid_gid() >> 32) as u32;
     if cfg.flags & FLAG_PROXY_GID != 0 && gid == cfg.proxy_gid {
         return Err(Counter::SkipProxyGid);
     }
-    let listed = GIDS.get_ptr(gid).is_some();
-    let redirect = if cfg.gid_mode == GidMode::AllExcept as u32 {
+    let policy = enrolled().ok_or(Counter::SkipNotEnrolled)?;
+    // Policy 0, the node-wide sets, is the common case: no policy lookup for it.
+    let (own, gid_mode) = match policy {
+        0 => (0, cfg.gid_mode),
+        id => match POLICIES.get(id) {
+            Some(p) => (p.flags, p.gid_mode),
+            None => (0, cfg.gid_mode),
+        },
+    };
+    let port_policy = if own & POLICY_OWN_PORTS != 0 { policy } else { 0 };
+    if PORTS
+        .get_ptr(&PolicyKey {
+            policy: port_policy,
+            value: port,
+        })
+        .is_none()
+    {
+        return Err(Counter::SkipPort);
+    }
+    let gid_policy = if own & POLICY_OWN_GIDS != 0 { policy } else { 0 };
+    let listed = GIDS
+        .get_ptr(&PolicyKey {
+            policy: gid_policy,
+            value: gid,
+        })
+        .is_some();
+    let redirect = if gid_mode == GidMode::AllExcept as u32 {
         !listed
     } else {
         listed
@@ -235,28 +261,29 @@ fn check_port_gid_cgroup(cfg: &RedirectConfig, port: u32) -> Result<(), Skip> {
     if !redirect {
         return Err(Counter::SkipGid);
     }
-    if !enrolled() {
-        return Err(Counter::SkipNotEnrolled);
-    }
     Ok(())
 }
 
-/// True when the caller's cgroup or one of its ancestors is enrolled.
+/// The policy of the deepest enrolled cgroup among the caller's and its ancestors' (a
+/// pod's own enrollment wins over one of a cgroup above it), if any is enrolled.
 #[inline(always)]
-fn enrolled() -> bool {
+fn enrolled() -> Option<u32> {
+    let mut found = None;
+    // Level 0 is the root; the walk ends below the caller's own cgroup.
     let mut level = 0;
     while level < MAX_CGROUP_DEPTH {
         // SAFETY: helper without preconditions; 0 means "deeper than the task's cgroup".
         let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
         if id == 0 {
-            return false;
+            break;
         }
-        if CGROUPS.get_ptr(id).is_some() {
-            return true;
+        // SAFETY: the value is copied out at once.
+        if let Some(e) = unsafe { CGROUPS.get(&id) } {
+            found = Some(e.policy);
         }
         level += 1;
     }
-    false
+    found
 }
 
 /// Remembers the original destination of the connecting socket.

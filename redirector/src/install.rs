@@ -29,17 +29,7 @@ use std::path::{Path, PathBuf};
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LATTICE_EBPF_OBJECT"));
 
 /// All map names of the object.
-pub const MAP_NAMES: [&str; 9] = [
-    map_names::CONFIG,
-    map_names::PREFIXES_V4,
-    map_names::PREFIXES_V6,
-    map_names::PORTS,
-    map_names::GIDS,
-    map_names::CGROUPS,
-    map_names::SOCKETS,
-    map_names::PEERS,
-    map_names::COUNTERS,
-];
+pub const MAP_NAMES: [&str; 10] = map_names::ALL;
 
 /// FNV-1a of the object: names a link generation.
 pub fn digest(object: &[u8]) -> u64 {

@@ -6,8 +6,9 @@ use crate::config::Redirect;
 use crate::error::{Error, Result};
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use redirector_common::{
-    maps as names, Counter, OrigDst, PeerKey, RedirectConfig, FLAG_ENABLED, FLAG_LOG_REDIRECTS,
-    FLAG_PROXY_GID,
+    capacity, maps as names, Counter, Enrollment, GidMode, OrigDst, PeerKey, Policy, PolicyKey,
+    RedirectConfig, FLAG_ENABLED, FLAG_LOG_REDIRECTS, FLAG_PROXY_GID, POLICY_OWN_GIDS,
+    POLICY_OWN_PORTS,
 };
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -42,9 +43,10 @@ pub struct Maps {
     config: Array<MapData, RedirectConfig>,
     v4: LpmTrie<MapData, [u8; 4], u32>,
     v6: LpmTrie<MapData, [u8; 16], u32>,
-    ports: HashMap<MapData, u32, u32>,
-    gids: HashMap<MapData, u32, u32>,
-    cgroups: HashMap<MapData, u64, u32>,
+    ports: HashMap<MapData, PolicyKey, u32>,
+    gids: HashMap<MapData, PolicyKey, u32>,
+    cgroups: HashMap<MapData, u64, Enrollment>,
+    policies: Array<MapData, Policy>,
     sockets: HashMap<MapData, u64, OrigDst>,
     peers: HashMap<MapData, PeerKey, OrigDst>,
     counters: PerCpuArray<MapData, u64>,
@@ -74,6 +76,8 @@ impl Maps {
                 .map_err(Error::map(names::GIDS))?,
             cgroups: HashMap::try_from(Map::HashMap(open(dir, names::CGROUPS)?))
                 .map_err(Error::map(names::CGROUPS))?,
+            policies: Array::try_from(Map::Array(open(dir, names::POLICIES)?))
+                .map_err(Error::map(names::POLICIES))?,
             sockets: HashMap::try_from(Map::LruHashMap(open(dir, names::SOCKETS)?))
                 .map_err(Error::map(names::SOCKETS))?,
             peers: HashMap::try_from(Map::LruHashMap(open(dir, names::PEERS)?))
@@ -116,9 +120,10 @@ impl Maps {
             self.v6.remove(&k).map_err(Error::map(names::PREFIXES_V6))?;
         }
 
+        // Policy 0: the node-wide sets; per-pod policies are left alone.
         let ports: Vec<u32> = cfg.ports.iter().map(|p| u32::from(*p)).collect();
-        sync_set(&mut self.ports, &ports, names::PORTS)?;
-        sync_set(&mut self.gids, &cfg.gids.gids, names::GIDS)?;
+        sync_set(&mut self.ports, 0, &ports, names::PORTS)?;
+        sync_set(&mut self.gids, 0, &cfg.gids.gids, names::GIDS)?;
 
         let slot = config_slot(cfg);
         self.config
@@ -134,9 +139,81 @@ impl Maps {
 
     /// Enrolls cgroup `id`, recording who did.
     pub fn enroll(&mut self, id: u64, source: Source) -> Result<()> {
+        self.enroll_under(id, source, 0)
+    }
+
+    /// Enrolls cgroup `id` under `policy` (0: the node-wide ports and GIDs).
+    pub fn enroll_under(&mut self, id: u64, source: Source, policy: u32) -> Result<()> {
+        let entry = Enrollment {
+            source: source as u32,
+            policy,
+        };
         self.cgroups
-            .insert(id, source as u32, 0)
+            .insert(id, entry, 0)
             .map_err(Error::map(names::CGROUPS))
+    }
+
+    /// Writes per-pod policy `id` (≥ 1): its own ports and its own GIDs (redirected when
+    /// listed), each `None` for the node-wide ones. Entries are added before stale ones go.
+    pub fn set_policy(
+        &mut self,
+        id: u32,
+        ports: Option<&[u16]>,
+        gids: Option<&[u32]>,
+    ) -> Result<()> {
+        if id == 0 || id >= capacity::POLICIES {
+            return Err(Error::Map {
+                map: names::POLICIES,
+                what: format!("policy {id} is outside 1..{}", capacity::POLICIES),
+            });
+        }
+        let ports: Vec<u32> = ports
+            .unwrap_or_default()
+            .iter()
+            .map(|p| u32::from(*p))
+            .collect();
+        sync_set(&mut self.ports, id, &ports, names::PORTS)?;
+        sync_set(&mut self.gids, id, gids.unwrap_or_default(), names::GIDS)?;
+        let mut flags = 0;
+        if !ports.is_empty() {
+            flags |= POLICY_OWN_PORTS;
+        }
+        if gids.is_some_and(|g| !g.is_empty()) {
+            flags |= POLICY_OWN_GIDS;
+        }
+        let slot = Policy {
+            flags,
+            gid_mode: GidMode::Only as u32,
+        };
+        self.policies
+            .set(id, slot, 0)
+            .map_err(Error::map(names::POLICIES))
+    }
+
+    /// Clears per-pod policy `id` (nothing may be enrolled under it any more).
+    pub fn clear_policy(&mut self, id: u32) -> Result<()> {
+        if id == 0 {
+            return Ok(());
+        }
+        self.policies
+            .set(
+                id,
+                Policy {
+                    flags: 0,
+                    gid_mode: 0,
+                },
+                0,
+            )
+            .map_err(Error::map(names::POLICIES))?;
+        sync_set(&mut self.ports, id, &[], names::PORTS)?;
+        sync_set(&mut self.gids, id, &[], names::GIDS)
+    }
+
+    /// Ids of the per-pod policies in use (a non-zero slot).
+    pub fn policies_in_use(&self) -> Vec<u32> {
+        (1..capacity::POLICIES)
+            .filter(|i| self.policies.get(i, 0).is_ok_and(|p| p.flags != 0))
+            .collect()
     }
 
     /// Removes the enrollment of cgroup `id`; true when it was enrolled.
@@ -150,6 +227,14 @@ impl Maps {
 
     /// Enrolled cgroup ids with their source.
     pub fn enrolled(&self) -> BTreeMap<u64, u32> {
+        self.enrollments()
+            .into_iter()
+            .map(|(id, e)| (id, e.source))
+            .collect()
+    }
+
+    /// Enrolled cgroup ids with their source and policy.
+    pub fn enrollments(&self) -> BTreeMap<u64, Enrollment> {
         self.cgroups.iter().filter_map(|r| r.ok()).collect()
     }
 
@@ -227,18 +312,29 @@ pub fn config_slot(cfg: &Redirect) -> RedirectConfig {
     }
 }
 
-fn sync_set<K: aya::Pod + PartialEq + Copy>(
-    map: &mut HashMap<MapData, K, u32>,
-    want: &[K],
+/// Makes the entries of `policy` in a per-policy set exactly `want`; other policies'
+/// entries are untouched.
+fn sync_set(
+    map: &mut HashMap<MapData, PolicyKey, u32>,
+    policy: u32,
+    want: &[u32],
     name: &'static str,
 ) -> Result<()> {
-    for k in want {
-        map.insert(*k, 1, 0).map_err(Error::map(name))?;
+    for value in want {
+        map.insert(
+            PolicyKey {
+                policy,
+                value: *value,
+            },
+            1,
+            0,
+        )
+        .map_err(Error::map(name))?;
     }
-    let stale: Vec<K> = map
+    let stale: Vec<PolicyKey> = map
         .keys()
         .filter_map(|k| k.ok())
-        .filter(|k| !want.contains(k))
+        .filter(|k| k.policy == policy && !want.contains(&k.value))
         .collect();
     for k in stale {
         map.remove(&k).map_err(Error::map(name))?;

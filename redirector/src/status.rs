@@ -101,16 +101,29 @@ pub fn report(layout: &Layout, cgroup_root: &Path) -> Result<String> {
             c.flags & FLAG_LOG_REDIRECTS != 0
         );
     }
-    let enrolled = maps.enrolled();
+    let enrolled = maps.enrollments();
     let paths = cgroup_paths(cgroup_root);
     let _ = writeln!(out, "enrolled cgroups: {}", enrolled.len());
-    for (id, source) in &enrolled {
+    for (id, e) in &enrolled {
         let path = paths
             .get(id)
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "(gone)".into());
-        let _ = writeln!(out, "  {id:>10}  {:<10} {path}", Source::name(*source));
+        let policy = match e.policy {
+            0 => String::new(),
+            p => format!("  (own ports/GIDs: policy {p})"),
+        };
+        let _ = writeln!(
+            out,
+            "  {id:>10}  {:<10} {path}{policy}",
+            Source::name(e.source)
+        );
     }
+    let _ = writeln!(
+        out,
+        "per-pod policies in use: {}",
+        maps.policies_in_use().len()
+    );
     let (sockets, peers) = maps.tracked();
     let _ = writeln!(out, "tracked connections: {sockets} sockets, {peers} peers");
     let _ = writeln!(out, "counters:");

@@ -99,6 +99,10 @@ struct Tracked {
     /// What is needed to find its cgroup: the QoS class and the uid kubelet names it by.
     qos: Option<Qos>,
     cgroup_uid: String,
+    /// Its own GIDs and ports, from its annotations.
+    overrides: pods::Overrides,
+    /// The per-pod policy written for those (0: none, the node-wide sets apply).
+    policy: u32,
 }
 
 /// The pods of this node and what is enrolled for them.
@@ -143,7 +147,7 @@ impl Pods {
         match Layout::detect_in(&self.cgroup_root, &self.kubelet_root) {
             Ok(layout) => {
                 if self.layout.is_none() {
-                    tracing::info!(root = %self.cgroup_root.display(), driver = ?layout.driver(), "kubelet cgroup layout recognised");
+                    tracing::info!(kubepods_parent = %layout.root().display(), driver = ?layout.driver(), "kubelet cgroup layout recognised");
                 }
                 self.layout = Some(layout);
                 *lock(&self.status.layout_error) = None;
@@ -238,6 +242,15 @@ impl Pods {
                 Err(e) => tracing::warn!(cgroup_id = id, "unenrolling failed: {e}"),
             }
         }
+        // Per-pod policies no pod of ours uses any more (an earlier agent's, say).
+        let ours: BTreeSet<u32> = self.tracked.values().map(|t| t.policy).collect();
+        for policy in maps.policies_in_use() {
+            if !ours.contains(&policy) {
+                if let Err(e) = maps.clear_policy(policy) {
+                    tracing::warn!(policy, "clearing an unused per-pod policy failed: {e}");
+                }
+            }
+        }
         drop(maps);
         if !self.status.synced.swap(true, Ordering::Relaxed) {
             tracing::info!(
@@ -268,30 +281,34 @@ impl Pods {
                 state: None,
                 qos: None,
                 cgroup_uid: String::new(),
+                overrides: Default::default(),
+                policy: 0,
             });
             return Some(uid);
         };
         let qos = Qos::of_pod(pod);
         // Static pods' cgroups are named after their config hash, not the mirror pod's uid.
         let cgroup_uid = kubelet::cgroup_uid(pod).unwrap_or(&uid).to_string();
-        let refused = match pods::overrides(pod) {
+        let (refused, overrides) = match pods::overrides(pod) {
             Ok(o) => {
-                if o != Default::default() {
-                    tracing::warn!(pod = %name, overrides = ?o, "per-pod GID/port annotations are parsed but not yet enforced per pod: the node-wide GIDs and ports apply");
-                }
                 lock(&self.status.refused).remove(&name);
-                None
+                (None, o)
             }
-            Err(e) => Some(e.to_string()),
+            Err(e) => (Some(e.to_string()), Default::default()),
         };
-        let previous = self.tracked.get(&uid).and_then(|t| t.state.clone());
+        let (previous, policy) = match self.tracked.get(&uid) {
+            // Changed annotations: enrolled again (in place, no gap) with the new policy.
+            Some(t) if t.overrides != overrides => (None, t.policy),
+            Some(t) => (t.state.clone(), t.policy),
+            None => (None, 0),
+        };
         let state = match (refused, previous) {
             (Some(why), Some(State::Refused(old))) if old == why => State::Refused(why),
             (Some(why), prev) => {
                 tracing::error!(pod = %name, "pod not enrolled: {why}");
                 lock(&self.status.refused).insert(name.clone(), why.clone());
                 if let Some(State::Enrolled { id, .. }) = prev {
-                    self.unenroll(id, &name, "its annotation is malformed");
+                    self.unenroll(id, policy, &name, "its annotation is malformed");
                 }
                 State::Refused(why)
             }
@@ -314,6 +331,8 @@ impl Pods {
                 state: Some(state),
                 qos,
                 cgroup_uid,
+                overrides,
+                policy,
             },
         );
         self.try_enroll(&uid);
@@ -327,9 +346,10 @@ impl Pods {
         };
         let name = t.name.clone();
         let state = t.state.take();
+        let policy = std::mem::take(&mut t.policy);
         lock(&self.status.refused).remove(&name);
         if let Some(State::Enrolled { id, .. }) = state {
-            self.unenroll(id, &name, why);
+            self.unenroll(id, policy, &name, why);
         }
     }
 
@@ -338,21 +358,31 @@ impl Pods {
         if let Some(t) = self.tracked.remove(uid) {
             lock(&self.status.refused).remove(&t.name);
             if let Some(State::Enrolled { id, .. }) = t.state {
-                self.unenroll(id, &t.name, why);
+                self.unenroll(id, t.policy, &t.name, why);
             }
         }
     }
 
-    fn unenroll(&self, id: u64, name: &str, why: &str) {
+    fn unenroll(&self, id: u64, policy: u32, name: &str, why: &str) {
         let mut maps = lock(&self.shared.maps);
         // Only what this watch enrolled: an entry another source made stays.
-        if maps.enrolled().get(&id) != Some(&(Source::Kubernetes as u32)) {
-            return;
+        if maps.enrolled().get(&id) == Some(&(Source::Kubernetes as u32)) {
+            match maps.unenroll(id) {
+                Ok(_) => tracing::info!(pod = %name, cgroup_id = id, "pod unenrolled: {why}"),
+                Err(e) => tracing::warn!(pod = %name, cgroup_id = id, "unenrolling failed: {e}"),
+            }
         }
-        match maps.unenroll(id) {
-            Ok(_) => tracing::info!(pod = %name, cgroup_id = id, "pod unenrolled: {why}"),
-            Err(e) => tracing::warn!(pod = %name, cgroup_id = id, "unenrolling failed: {e}"),
+        if let Err(e) = maps.clear_policy(policy) {
+            tracing::warn!(pod = %name, policy, "clearing the pod's policy failed: {e}");
         }
+    }
+
+    /// A free per-pod policy id: used neither by a pod of this watch nor in the map (an
+    /// earlier agent's, still referenced until the relist re-enrolls its pods).
+    fn free_policy(&self, in_map: &[u32]) -> Option<u32> {
+        let ours: BTreeSet<u32> = self.tracked.values().map(|t| t.policy).collect();
+        (1..redirector_common::capacity::POLICIES)
+            .find(|p| !ours.contains(p) && !in_map.contains(p))
     }
 
     /// Looks for the cgroup of a pending pod and enrolls it when it is there.
@@ -368,19 +398,15 @@ impl Pods {
         };
         let (old, delay) = (old.clone(), *delay);
         let found = self.find_cgroup(&t.cgroup_uid, t.qos);
-        let t = self.tracked.get_mut(uid).expect("looked up above");
         match found {
             Ok((path, id)) => {
-                let mut maps = lock(&self.shared.maps);
-                let result = match maps.enrolled().get(&id) {
-                    // Already enrolled by another source (or by us before a restart).
-                    Some(_) => Ok(()),
-                    None => maps.enroll(id, Source::Kubernetes),
-                };
-                drop(maps);
+                let (old_policy, overrides) = (t.policy, t.overrides.clone());
+                let result = self.enroll(id, old_policy, &overrides);
+                let t = self.tracked.get_mut(uid).expect("looked up above");
                 match result {
-                    Ok(()) => {
-                        tracing::info!(pod = %t.name, cgroup = %path.display(), cgroup_id = id, "pod enrolled");
+                    Ok(policy) => {
+                        t.policy = policy;
+                        tracing::info!(pod = %t.name, cgroup = %path.display(), cgroup_id = id, policy, "pod enrolled");
                         t.state = Some(State::Enrolled { id, path });
                     }
                     Err(e) => {
@@ -390,12 +416,50 @@ impl Pods {
                 }
             }
             Err(why) => {
+                let t = self.tracked.get_mut(uid).expect("looked up above");
                 if why != old {
                     tracing::info!(pod = %t.name, "pod waits for its cgroup: {why}");
                 }
                 t.state = Some(pending(why, delay));
             }
         }
+    }
+
+    /// Enrolls cgroup `id` with the pod's own ports and GIDs, if it has any, under a
+    /// per-pod policy (reusing `policy` when it already has one); returns the policy.
+    /// The entry is replaced in one map write, so a re-enrollment leaves no gap.
+    fn enroll(&self, id: u64, policy: u32, overrides: &pods::Overrides) -> crate::Result<u32> {
+        let mut maps = lock(&self.shared.maps);
+        if let Some(source) = maps.enrolled().get(&id) {
+            if *source != Source::Kubernetes as u32 {
+                // Another source enrolled it (configuration, a command): that entry stays.
+                return Ok(policy);
+            }
+        }
+        let own = overrides.ports.is_some() || overrides.redirect_gids.is_some();
+        let new = match (own, policy) {
+            (false, _) => 0,
+            (true, 0) => {
+                self.free_policy(&maps.policies_in_use())
+                    .ok_or_else(|| crate::Error::Map {
+                        map: redirector_common::maps::POLICIES,
+                        what: "every per-pod policy slot is in use".into(),
+                    })?
+            }
+            (true, p) => p,
+        };
+        if new != 0 {
+            maps.set_policy(
+                new,
+                overrides.ports.as_deref(),
+                overrides.redirect_gids.as_deref(),
+            )?;
+        }
+        maps.enroll_under(id, Source::Kubernetes, new)?;
+        if policy != 0 && policy != new {
+            maps.clear_policy(policy)?;
+        }
+        Ok(new)
     }
 
     fn find_cgroup(&self, uid: &str, qos: Option<Qos>) -> Result<(PathBuf, u64), String> {
@@ -475,7 +539,7 @@ pub async fn run(client: Client, node: String, mut pods: Pods) {
     let api: Api<Pod> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
-    tracing::info!(node = %node, root = %pods.cgroup_root().display(), "watching this node's pods");
+    tracing::info!(node = %node, cgroup_root = %pods.cgroup_root().display(), kubelet_cgroup_root = %pods.kubelet_root.display(), "watching this node's pods");
     loop {
         let due = pods.next_retry();
         tokio::select! {

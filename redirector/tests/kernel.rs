@@ -1031,3 +1031,78 @@ fn an_older_layout_is_removed_once_the_new_one_is_attached() {
     assert!(root.join("v2/links").is_dir(), "no v2 links");
     expect_redirect(&sb, &mut p, &sb.app, APP, LATTICE_V4, 80);
 }
+
+/// Waits until one sample of the agent's /metrics has `value`.
+fn wait_metric(agent: &support::Agent, sample: &str, value: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while metric(agent, sample) != value {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sample} stayed {} (waited for {value}):\n{}",
+            metric(agent, sample),
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_pod_with_its_own_ports_and_gids_is_redirected_by_them_alone() {
+    use lattice_tests::kube_api::FakeApiServer;
+    const PLAIN: &str = "2b4e28ba-2fa1-11d2-883f-0016d3cca427";
+    const OWN: &str = "3c4e28ba-2fa1-11d2-883f-0016d3cca427";
+    let sb = Sandbox::new("policy");
+    let server = FakeApiServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    let mut tree = KubeletTree::default();
+    let kubepods = tree.create(sb.root.join("kubepods.slice"));
+    let burstable = tree.create(kubepods.join("kubepods-burstable.slice"));
+    let mut app = |uid: &str| {
+        let pod = tree.create(burstable.join(format!(
+            "kubepods-burstable-pod{}.slice",
+            uid.replace('-', "_")
+        )));
+        tree.create(pod.join("cri-containerd-app.scope"))
+    };
+    let (plain_app, own_app) = (app(PLAIN), app(OWN));
+
+    server.apply(pod("plain", PLAIN, "node-a", "Burstable", true));
+    let mut own = pod("own", OWN, "node-a", "Burstable", true);
+    own["metadata"]["annotations"]["lattice-egress.io/ports"] = "8080".into();
+    own["metadata"]["annotations"]["lattice-egress.io/redirect-gids"] = "2000".into();
+    server.apply(own.clone());
+    let mut agent = sb.kube_agent(&kubeconfig, "node-a");
+    wait_metric(&agent, "lattice_redirector_pods{state=\"enrolled\"}", "2");
+    assert!(
+        counters(&sb).contains("per-pod policies in use: 1"),
+        "{}",
+        counters(&sb)
+    );
+
+    let mut p = proxy(&sb, "127.0.0.1", 3);
+    // The plain pod: the node-wide port 80 and GID 1000.
+    expect_redirect(&sb, &mut p, &plain_app, APP, LATTICE_V4, 80);
+    assert!(unreachable(&sb.connect(&plain_app, APP, LATTICE_V4, 8080)));
+    assert!(unreachable(&sb.connect(&plain_app, 2000, LATTICE_V4, 8080)));
+    // Its own: port 8080 and GID 2000 only.
+    expect_redirect(&sb, &mut p, &own_app, 2000, LATTICE_V4, 8080);
+    assert!(unreachable(&sb.connect(&own_app, APP, LATTICE_V4, 8080)));
+    assert!(unreachable(&sb.connect(&own_app, 2000, LATTICE_V4, 80)));
+
+    // Its annotation changes: enrolled again under the new ports, without a gap.
+    let mark = agent.mark();
+    own["metadata"]["annotations"]["lattice-egress.io/ports"] = "8443".into();
+    server.apply(own);
+    agent.wait_after(mark, "pod enrolled", WAIT);
+    expect_redirect(&sb, &mut p, &own_app, 2000, LATTICE_V4, 8443);
+    assert!(unreachable(&sb.connect(&own_app, 2000, LATTICE_V4, 8080)));
+
+    // Deleted: unenrolled, and its policy slot is freed.
+    server.delete("apps", "own");
+    agent.wait_after(mark, "pod unenrolled: deleted", WAIT);
+    assert!(unreachable(&sb.connect(&own_app, 2000, LATTICE_V4, 8443)));
+    let status = counters(&sb);
+    assert!(status.contains("per-pod policies in use: 0"), "{status}");
+}

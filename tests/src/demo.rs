@@ -26,10 +26,30 @@
 //! Names derive from a prefix (`le-demo` for the demo, unique per test run for the test), so
 //! that [`teardown`] can remove the leftovers of a crashed run. Nothing is added to the root
 //! network namespace: no address, route, interface or sysctl.
+//!
+//! # The Kubernetes variant ([`Mode::Kubernetes`])
+//! The same two clusters, but every pod comes from a Kubernetes API and the agent runs in its
+//! Kubernetes mode, one per cluster, as deploy/base/daemonset.yaml starts it:
+//!
+//! ```text
+//!  <cgroup2>/<p>/node        emulator, demo-kube-api ×2 (127.0.0.1), lattice-redirector ×2
+//!  <cgroup2>/<p>/cluster1    kubelet cgroupRoot, systemd driver; agent 1 attaches here
+//!    kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid_>.slice/
+//!      cri-containerd-<id>.scope     lattice-proxy (native sidecar)
+//!      cri-containerd-<id>.scope     the app
+//!  <cgroup2>/<p>/cluster2    kubelet cgroupRoot, cgroupfs driver; agent 2 attaches here
+//!    kubepods/burstable/pod<uid>/<id>   lattice-proxy, the app
+//! ```
+//!
+//! The pods are built from the rendered deploy/examples/seed Deployments ([`kube`]); each
+//! cluster's Pods are served by a `demo-kube-api` process (a [`crate::kube_api`] fake API
+//! server); each pod is started in a kubelet's order: the Pod is in the API first, then its
+//! cgroups appear, then (once the agent has enrolled it) the proxy starts, then the app.
 
 use std::{
     ffi::CString,
     fmt::Write as _,
+    net::SocketAddr,
     os::unix::{ffi::OsStrExt, fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -38,6 +58,8 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+
+pub mod kube;
 
 /// GID (and UID) the applications run as: the group lattice-redirector redirects by default.
 pub const APP_GID: u32 = 1000;
@@ -111,6 +133,8 @@ pub struct Binaries {
     pub emulator: PathBuf,
     /// `demo-app`.
     pub app: PathBuf,
+    /// `demo-kube-api` (the Kubernetes variant's API servers).
+    pub kube_api: PathBuf,
 }
 
 impl Binaries {
@@ -122,12 +146,19 @@ impl Binaries {
             proxy: dir.join("lattice-proxy"),
             emulator: dir.join("lattice-emulator"),
             app: dir.join("demo-app"),
+            kube_api: dir.join("demo-kube-api"),
         };
-        let missing: Vec<String> = [&bins.redirector, &bins.proxy, &bins.emulator, &bins.app]
-            .iter()
-            .filter(|p| !p.is_file())
-            .map(|p| p.display().to_string())
-            .collect();
+        let missing: Vec<String> = [
+            &bins.redirector,
+            &bins.proxy,
+            &bins.emulator,
+            &bins.app,
+            &bins.kube_api,
+        ]
+        .iter()
+        .filter(|p| !p.is_file())
+        .map(|p| p.display().to_string())
+        .collect();
         if !missing.is_empty() {
             bail!(
                 "missing {}: build them with `cargo build -p lattice-redirector -p lattice-proxy \
@@ -150,6 +181,38 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// The programs.
     pub bins: Binaries,
+    /// Where the pods and the agent's enrollments come from.
+    pub mode: Mode,
+}
+
+/// Where the pods and the agent's enrollments come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// One agent enrolls both apps' cgroups by configuration (`--cgroup`).
+    Config,
+    /// Pods from a Kubernetes API per cluster, one agent per cluster in Kubernetes mode (see
+    /// the [module](self) documentation).
+    Kubernetes {
+        /// The checkout's `deploy/` (rendered with `kubectl kustomize`).
+        deploy_dir: PathBuf,
+    },
+}
+
+impl Mode {
+    /// [`Mode::Kubernetes`] with this checkout's `deploy/`.
+    pub fn kubernetes() -> Mode {
+        Mode::Kubernetes {
+            deploy_dir: default_deploy_dir(),
+        }
+    }
+}
+
+/// The `deploy/` directory of the checkout this crate was built from.
+pub fn default_deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(|root| root.join("deploy"))
+        .unwrap_or_else(|| PathBuf::from("deploy"))
 }
 
 /// One of the two clusters.
@@ -218,6 +281,19 @@ impl Cluster {
     pub fn other(self) -> Cluster {
         Cluster { n: 3 - self.n }
     }
+    /// The name of the cluster's node (Kubernetes variant).
+    pub fn node_name(self) -> String {
+        format!("ip-10-{}-0-10.us-west-2.compute.internal", self.n)
+    }
+    /// kubelet's cgroup driver on the cluster's node (Kubernetes variant): systemd on
+    /// cluster1 (as EKS AL2023 and Bottlerocket), cgroupfs on cluster2, so both of the agent's
+    /// layouts run.
+    pub fn kubelet_driver(self) -> kube::Driver {
+        match self.n {
+            1 => kube::Driver::Systemd,
+            _ => kube::Driver::Cgroupfs,
+        }
+    }
 }
 
 /// Names and paths derived from a prefix.
@@ -281,12 +357,27 @@ impl Names {
     pub fn pin_dir(&self) -> PathBuf {
         PathBuf::from("/sys/fs/bpf").join(&self.prefix)
     }
+    /// A cluster's kubelet cgroupRoot (Kubernetes variant), where its agent attaches.
+    pub fn kubelet_root(&self, c: Cluster) -> PathBuf {
+        self.cgroup_root().join(c.name())
+    }
+    /// The pin directory of a cluster's agent (Kubernetes variant): each agent has its own
+    /// programs, maps and links, as each node has.
+    pub fn cluster_pin_dir(&self, c: Cluster) -> PathBuf {
+        PathBuf::from("/sys/fs/bpf").join(format!("{}-{}", self.prefix, c.name()))
+    }
+    /// Every pin directory of either variant.
+    pub fn all_pin_dirs(&self) -> Vec<PathBuf> {
+        let mut all = vec![self.pin_dir()];
+        all.extend(CLUSTERS.iter().map(|c| self.cluster_pin_dir(*c)));
+        all
+    }
 
     /// Whether anything of a scenario with this prefix exists (namespace, hosts file,
     /// cgroup, pins).
     pub fn leftovers_exist(&self) -> bool {
         self.cgroup_root().exists()
-            || self.pin_dir().exists()
+            || self.all_pin_dirs().iter().any(|p| p.exists())
             || self.all_netns().iter().any(|ns| {
                 Path::new("/run/netns").join(ns).exists()
                     || Path::new("/etc/netns").join(ns).exists()
@@ -359,9 +450,12 @@ pub enum Expect {
     Allowed,
     /// Lattice refuses with `AccessDeniedException`.
     Denied,
+    /// The connect is not redirected (the app's pod is gone from the API server): the
+    /// request reaches Lattice unsigned, which refuses `User: anonymous`.
+    NotRedirected,
 }
 
-/// One of the four calls and its result.
+/// One of the calls and its result.
 #[derive(Debug, Clone)]
 pub struct Check {
     /// The calling cluster.
@@ -376,6 +470,8 @@ pub struct Check {
     pub output: String,
     /// Whether `output` matches `expect`.
     pub ok: bool,
+    /// What else was checked, in words (the agent's counters for [`Expect::NotRedirected`]).
+    pub detail: String,
 }
 
 impl Check {
@@ -387,6 +483,11 @@ impl Check {
                 "AccessDeniedException: User: …assumed-role/{}/… is not authorized …",
                 self.from.role_name()
             ),
+            Expect::NotRedirected => "not redirected: the request reaches Lattice unsigned \
+                                      (AccessDeniedException: User: anonymous is not \
+                                      authorized …), and the agent counts the connect as \
+                                      skip_not_enrolled"
+                .into(),
         }
     }
 }
@@ -400,6 +501,33 @@ pub struct Scenario {
     keep: bool,
     /// Held while this process drives the scenario (see [`Names::lock`]).
     lock: Option<(std::fs::File, PathBuf)>,
+    /// The Kubernetes variant's clusters, in [`CLUSTERS`] order (empty in [`Mode::Config`]).
+    kube: Vec<KubeCluster>,
+}
+
+/// One cluster of the Kubernetes variant: its node's kubelet, its pod, its API server and
+/// its agent.
+#[derive(Debug)]
+struct KubeCluster {
+    kubelet: kube::Kubelet,
+    pod: kube::PodPlan,
+    /// The control port of its `demo-kube-api`, once started.
+    api: Option<kube::ApiControl>,
+    /// The API server's URL (what the agent's kubeconfig names).
+    api_url: String,
+    /// The agent's log, once started.
+    agent_log: PathBuf,
+    /// The agent's /healthz and /metrics, once started.
+    agent_admin: Option<SocketAddr>,
+}
+
+/// The name and uid of each cluster's pod, for the emulator's Pod Identity session tags.
+#[derive(Debug, Clone)]
+pub struct PodRef {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.uid`.
+    pub uid: String,
 }
 
 impl Scenario {
@@ -423,6 +551,7 @@ impl Scenario {
             children: Vec::new(),
             keep: false,
             lock: Some(lock),
+            kube: Vec::new(),
         };
         scenario.build()?;
         Ok(scenario)
@@ -438,9 +567,53 @@ impl Scenario {
         &self.settings.state_dir
     }
 
+    /// The variant running.
+    pub fn mode(&self) -> &Mode {
+        &self.settings.mode
+    }
+
     /// Leaves everything running when the scenario is dropped (`--keep`).
     pub fn keep(mut self) {
         self.keep = true;
+    }
+
+    /// The name of a cluster's app pod (what the app answers with).
+    pub fn pod_name(&self, c: Cluster) -> String {
+        match self.kube_cluster(c) {
+            Some(k) => k.pod.name.clone(),
+            None => c.pod_name(),
+        }
+    }
+
+    /// A cluster's pod as built from its Deployment (Kubernetes variant).
+    pub fn pod(&self, c: Cluster) -> Option<&kube::PodPlan> {
+        self.kube_cluster(c).map(|k| &k.pod)
+    }
+
+    /// The cgroup the app of cluster `c` runs in: its own (`<p>/clusterN/app`), or its
+    /// container's under the pod cgroup in the Kubernetes variant.
+    pub fn app_cgroup(&self, c: Cluster) -> PathBuf {
+        match self.kube_cluster(c) {
+            Some(k) => k.pod.app.cgroup.clone(),
+            None => self.names.cgroup(c, "app"),
+        }
+    }
+
+    fn proxy_cgroup(&self, c: Cluster) -> PathBuf {
+        match self.kube_cluster(c) {
+            Some(k) => k.pod.proxy.cgroup.clone(),
+            None => self.names.cgroup(c, "proxy"),
+        }
+    }
+
+    fn kube_cluster(&self, c: Cluster) -> Option<&KubeCluster> {
+        self.kube.get(usize::from(c.n) - 1)
+    }
+
+    fn kube_cluster_mut(&mut self, c: Cluster) -> Result<&mut KubeCluster> {
+        self.kube
+            .get_mut(usize::from(c.n) - 1)
+            .context("this scenario does not run the Kubernetes variant")
     }
 
     /// The apps and proxies run as uid 1000 and 1337, which may not enter the build's
@@ -467,20 +640,33 @@ impl Scenario {
         self.stage_binaries()?;
         self.network()?;
         self.cgroups()?;
-        let ca = state.join("lattice-ca.pem");
-        let config = state.join("lattice-emulator.json");
-        write_file(
-            &config,
-            &serde_json::to_string_pretty(&emulator_config(&self.names, &ca))?,
-            0o644,
-        )?;
         for c in CLUSTERS {
             let dir = state.join(c.name());
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             set_mode(&dir, 0o755)?;
             write_file(&dir.join("eks-pod-identity-token"), &agent_token(c), 0o644)?;
         }
+        // The Kubernetes variant's pods are planned first: the emulator's Pod Identity
+        // session tags name them.
+        let base = match self.settings.mode.clone() {
+            Mode::Config => None,
+            Mode::Kubernetes { deploy_dir } => Some(self.plan_pods(&deploy_dir)?),
+        };
+        let pods = CLUSTERS.map(|c| PodRef {
+            name: self.pod_name(c),
+            uid: match self.kube_cluster(c) {
+                Some(k) => k.pod.uid.clone(),
+                None => config_pod_uid(c).to_owned(),
+            },
+        });
 
+        let ca = state.join("lattice-ca.pem");
+        let config = state.join("lattice-emulator.json");
+        write_file(
+            &config,
+            &serde_json::to_string_pretty(&emulator_config(&self.names, &ca, &pods))?,
+            0o644,
+        )?;
         step("starting the Lattice emulator (services, SigV4, IAM auth policies, Pod Identity agents)");
         let mut cmd = Command::new(&self.settings.bins.emulator);
         cmd.arg("--config").arg(&config).env("RUST_LOG", "info");
@@ -488,11 +674,19 @@ impl Scenario {
         self.wait_for("lattice-emulator", &out, "ready")?;
         wait_file(&ca)?;
 
-        step("starting lattice-redirector (eBPF connect4/getpeername4 on the demo's cgroups)");
         if !is_bpffs("/sys/fs/bpf") {
             step("mounting bpffs at /sys/fs/bpf");
             run(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
         }
+        match base {
+            None => self.start_config_variant(&ca),
+            Some(base) => self.start_kubernetes_variant(&base, &ca),
+        }
+    }
+
+    /// One agent enrolling both apps' cgroups by configuration, then the apps and proxies.
+    fn start_config_variant(&mut self, ca: &Path) -> Result<()> {
+        step("starting lattice-redirector (eBPF connect4/getpeername4 on the demo's cgroups)");
         let mut cmd = Command::new(&self.settings.bins.redirector);
         cmd.arg("--pin-dir")
             .arg(self.names.pin_dir())
@@ -508,58 +702,322 @@ impl Scenario {
         self.wait_for("lattice-redirector", &log, "redirecting")?;
 
         for c in CLUSTERS {
-            step(&format!(
-                "starting {} in {} on {POD_IP}:{APP_PORT} (uid/gid {APP_GID})",
-                c.version(),
-                self.names.netns(c)
-            ));
-            let mut cmd = Command::new("ip");
-            cmd.args(["netns", "exec", &self.names.netns(c)]);
-            as_user(&mut cmd, APP_GID);
-            cmd.arg(&self.settings.bins.app)
-                .args(["--listen", &format!("{POD_IP}:{APP_PORT}")])
-                .args(["--version", &c.version(), "--pod-name", &c.pod_name()]);
-            let cg = self.names.cgroup(c, "app");
-            let out = self.spawn(&format!("{}-app", c.name()), cmd, &cg, true)?;
-            self.wait_for(&format!("{} app", c.name()), &out, "listening")?;
+            self.start_app(c)?;
         }
-
         for c in CLUSTERS {
             step(&format!(
                 "starting lattice-proxy in {} on {PROXY_LISTEN} (uid/gid {PROXY_GID}, EKS Pod \
                  Identity credentials)",
                 self.names.netns(c)
             ));
-            let dir = state.join(c.name());
-            let mut cmd = Command::new("ip");
-            cmd.args(["netns", "exec", &self.names.netns(c)]);
-            as_user(&mut cmd, PROXY_GID);
-            cmd.arg(&self.settings.bins.proxy)
-                .args(["--listen", PROXY_LISTEN, "--admin", PROXY_ADMIN])
-                .args(["--region", REGION, "--allowed-domain", "example.com"])
-                .arg("--ca-file")
-                .arg(&ca)
-                .args(["--workers", "1", "--drain-timeout", "2s"])
-                .env_clear()
-                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-                .env("HOME", &dir)
-                .env("RUST_LOG", "info")
-                .env("NO_COLOR", "1")
-                .env("AWS_EC2_METADATA_DISABLED", "true")
-                .env(
-                    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                    format!("http://{POD_IDENTITY_ADDR}/v1/credentials"),
-                )
-                .env(
-                    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
-                    dir.join("eks-pod-identity-token"),
-                );
-            let cg = self.names.cgroup(c, "proxy");
-            self.spawn(&format!("{}-proxy", c.name()), cmd, &cg, false)?;
+            self.spawn_proxy(c, ca)?;
         }
         for c in CLUSTERS {
             self.wait_ready(c)?;
         }
+        Ok(())
+    }
+
+    /// Starts the app of cluster `c` in its cgroup and waits until it listens.
+    fn start_app(&mut self, c: Cluster) -> Result<()> {
+        let cg = self.app_cgroup(c);
+        step(&format!(
+            "starting {} in {} on {POD_IP}:{APP_PORT} (uid/gid {APP_GID}, cgroup {})",
+            c.version(),
+            self.names.netns(c),
+            cg.display()
+        ));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.names.netns(c)]);
+        as_user(&mut cmd, APP_GID);
+        cmd.arg(&self.settings.bins.app)
+            .args(["--listen", &format!("{POD_IP}:{APP_PORT}")])
+            .args(["--version", &c.version(), "--pod-name", &self.pod_name(c)]);
+        let out = self.spawn(&format!("{}-app", c.name()), cmd, &cg, true)?;
+        self.wait_for(&format!("{} app", c.name()), &out, "listening")
+    }
+
+    /// Starts the proxy of cluster `c` in its cgroup (readiness: [`Self::wait_ready`]).
+    fn spawn_proxy(&mut self, c: Cluster, ca: &Path) -> Result<()> {
+        let dir = self.settings.state_dir.join(c.name());
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.names.netns(c)]);
+        as_user(&mut cmd, PROXY_GID);
+        cmd.arg(&self.settings.bins.proxy)
+            .args(["--listen", PROXY_LISTEN, "--admin", PROXY_ADMIN])
+            .args(["--region", REGION, "--allowed-domain", "example.com"])
+            .arg("--ca-file")
+            .arg(ca)
+            .args(["--workers", "1", "--drain-timeout", "2s"])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", &dir)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env(
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                format!("http://{POD_IDENTITY_ADDR}/v1/credentials"),
+            )
+            .env(
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                dir.join("eks-pod-identity-token"),
+            );
+        let cg = self.proxy_cgroup(c);
+        self.spawn(&format!("{}-proxy", c.name()), cmd, &cg, false)?;
+        Ok(())
+    }
+
+    /// Renders the seed's Deployments and the agent's install (deploy/), and plans each
+    /// cluster's pod; returns the install's objects.
+    fn plan_pods(&mut self, deploy_dir: &Path) -> Result<Vec<serde_json::Value>> {
+        let seed = deploy_dir.join("examples/seed");
+        step(&format!(
+            "rendering {0}/cluster1, {0}/cluster2 and {1} with `kubectl kustomize`",
+            seed.display(),
+            deploy_dir.display()
+        ));
+        for c in CLUSTERS {
+            let objects = kube::kustomize(&seed.join(c.name()))?;
+            let deployment = kube::find(&objects, "Deployment", &c.version())?;
+            let kubelet = kube::Kubelet {
+                driver: c.kubelet_driver(),
+                root: self.names.kubelet_root(c),
+            };
+            let pod = kube::PodPlan::from_deployment(deployment, &c.node_name(), POD_IP, &kubelet)?;
+            for (container, want) in [(&pod.app, APP_GID), (&pod.proxy, PROXY_GID)] {
+                if (container.uid, container.gid) != (want, want) {
+                    bail!(
+                        "container {} of {} runs as uid {} gid {}, the demo expects {want}: \
+                         the agent's redirect-gids/proxy-gid (deploy/base/redirector.toml) and \
+                         the demo's checks are written for the seed's values",
+                        container.name,
+                        c.version(),
+                        container.uid,
+                        container.gid
+                    );
+                }
+            }
+            step(&format!(
+                "{}: pod {}/{} (uid {}) from Deployment {} (one replica: one pod address per \
+                 cluster), QoS class {} ({}), on node {}",
+                c.name(),
+                pod.namespace,
+                pod.name,
+                pod.uid,
+                c.version(),
+                pod.qos.as_str(),
+                pod.qos_reason,
+                c.node_name()
+            ));
+            let file = self.settings.state_dir.join(c.name()).join("pod.json");
+            write_file(&file, &serde_json::to_string_pretty(&pod.object)?, 0o644)?;
+            self.kube.push(KubeCluster {
+                kubelet,
+                pod,
+                api: None,
+                api_url: String::new(),
+                agent_log: PathBuf::new(),
+                agent_admin: None,
+            });
+        }
+        kube::kustomize(deploy_dir)
+    }
+
+    /// Per cluster: kubelet's cgroups, the API server, the agent as the DaemonSet starts it;
+    /// then per cluster the pod, in a kubelet's order.
+    fn start_kubernetes_variant(&mut self, base: &[serde_json::Value], ca: &Path) -> Result<()> {
+        let daemonset = kube::find(base, "DaemonSet", "lattice-redirector")?;
+        for c in CLUSTERS {
+            self.start_node(c, daemonset, base)?;
+        }
+        for c in CLUSTERS {
+            self.start_pod(c, ca)?;
+        }
+        Ok(())
+    }
+
+    /// kubelet's QoS cgroups, the cluster's API server and its agent.
+    fn start_node(
+        &mut self,
+        c: Cluster,
+        daemonset: &serde_json::Value,
+        base: &[serde_json::Value],
+    ) -> Result<()> {
+        let state = self.settings.state_dir.join(c.name());
+        let kubelet = self.kube_cluster_mut(c)?.kubelet.clone();
+        let relative_root = Path::new("/").join(
+            kubelet
+                .root
+                .strip_prefix(self.names.cgroup2())
+                .context("the kubelet root is under the cgroup2 mount")?,
+        );
+        step(&format!(
+            "{}: kubelet ({} cgroup driver, cgroupRoot {}) creates its QoS cgroups {}",
+            c.name(),
+            kubelet.driver.as_str(),
+            relative_root.display(),
+            kubelet
+                .start_dirs()
+                .iter()
+                .filter_map(|d| d.strip_prefix(&kubelet.root).ok())
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        for d in kubelet.start_dirs() {
+            std::fs::create_dir_all(&d)
+                .with_context(|| format!("creating cgroup {}", d.display()))?;
+        }
+
+        step(&format!(
+            "{}: its Kubernetes API server (demo-kube-api: a fake API server on 127.0.0.1 \
+             serving the cluster's Pods)",
+            c.name()
+        ));
+        let api_dir = state.join("api");
+        std::fs::create_dir_all(&api_dir)
+            .with_context(|| format!("creating {}", api_dir.display()))?;
+        let mut cmd = Command::new(&self.settings.bins.kube_api);
+        cmd.arg("--dir").arg(&api_dir).env("RUST_LOG", "info");
+        let name = format!("{}-kube-api", c.name());
+        let out = self.spawn(&name, cmd, &self.names.node_cgroup(), true)?;
+        self.wait_for(&name, &out, "ready")?;
+        let control: SocketAddr = std::fs::read_to_string(api_dir.join("control"))
+            .context("reading the API server's control address")?
+            .trim()
+            .parse()
+            .context("the API server's control address")?;
+        let api_url = std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("api=").map(str::to_owned))
+            .unwrap_or_default();
+        let kubeconfig = api_dir.join("kubeconfig");
+
+        let invocation = kube::AgentInvocation::from_daemonset(
+            daemonset,
+            base,
+            &kube::AgentHost {
+                volumes_dir: &state.join("agent-volumes"),
+                cgroup2: self.names.cgroup2(),
+                node_name: &c.node_name(),
+                pod_uid: &kube::random_uid(),
+                admin_addr: "127.0.0.1:0",
+            },
+        )?;
+        let attach = self.names.kubelet_root(c);
+        let pins = self.names.cluster_pin_dir(c);
+        step(&format!(
+            "{}: lattice-redirector {} (as deploy/base/daemonset.yaml starts it), with:",
+            c.name(),
+            invocation.original_args.join(" ")
+        ));
+        for note in &invocation.notes {
+            eprintln!("      {note}");
+        }
+        eprintln!(
+            "      + --kubelet-cgroup-root {} (this node's kubelet cgroupRoot)",
+            relative_root.display()
+        );
+        eprintln!(
+            "      + --attach-cgroup {}: the real DaemonSet attaches at the node's cgroup root; \
+             here each agent attaches at its cluster's subtree, so that two agents (two \
+             nodes) share one machine",
+            attach.display()
+        );
+        eprintln!(
+            "      + --pin-dir {} (each node has its own bpffs)",
+            pins.display()
+        );
+        eprintln!(
+            "      + KUBECONFIG={} (in place of the pod's service account)",
+            kubeconfig.display()
+        );
+        let mut cmd = Command::new(&self.settings.bins.redirector);
+        cmd.args(&invocation.args)
+            .arg("--kubelet-cgroup-root")
+            .arg(&relative_root)
+            .arg("--attach-cgroup")
+            .arg(&attach)
+            .arg("--pin-dir")
+            .arg(&pins)
+            // A container's environment is its spec's, not the demo's.
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .envs(invocation.env.iter().map(|(k, v)| (k, v)))
+            .env("KUBECONFIG", &kubeconfig);
+        let name = format!("{}-redirector", c.name());
+        let log = self.spawn(&name, cmd, &self.names.node_cgroup(), false)?;
+        self.wait_for(&name, &log, "pod watch synced")?;
+        let admin = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("admin endpoint"))
+            .find_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+            });
+        let k = self.kube_cluster_mut(c)?;
+        k.api = Some(kube::ApiControl { addr: control });
+        k.api_url = api_url;
+        k.agent_log = log;
+        k.agent_admin = admin;
+        Ok(())
+    }
+
+    /// Starts the pod of cluster `c` as a kubelet does: the Pod exists in the API before its
+    /// cgroups; the agent enrolls the pod cgroup; the native sidecar starts and its readiness
+    /// (the startupProbe) gates the app.
+    fn start_pod(&mut self, c: Cluster, ca: &Path) -> Result<()> {
+        let k = self.kube_cluster_mut(c)?;
+        let (pod, api, log) = (
+            k.pod.clone(),
+            k.api.clone().context("the API server is not started")?,
+            k.agent_log.clone(),
+        );
+        let agent = format!("{}'s lattice-redirector", c.name());
+        let key = format!("pod={}/{}", pod.namespace, pod.name);
+        step(&format!(
+            "{}: the ReplicaSet controller creates pod {}/{} in the API server (spec.nodeName \
+             {}); kubelet has not made its cgroup yet",
+            c.name(),
+            pod.namespace,
+            pod.name,
+            c.node_name()
+        ));
+        api.apply(&pod.object)?;
+        let line = self.wait_for_line(&agent, &log, &["pod waits for its cgroup", &key])?;
+        eprintln!("      the agent saw the pod first: {}", log_message(&line));
+
+        step(&format!(
+            "{}: kubelet creates the pod cgroup {} and its containers' cgroups (lattice-proxy {}, \
+             {} {})",
+            c.name(),
+            pod.cgroup.display(),
+            file_name(&pod.proxy.cgroup),
+            pod.app.name,
+            file_name(&pod.app.cgroup)
+        ));
+        for d in pod.cgroups() {
+            std::fs::create_dir_all(&d)
+                .with_context(|| format!("creating cgroup {}", d.display()))?;
+        }
+        let line = self.wait_for_line(&agent, &log, &["pod enrolled", &key])?;
+        eprintln!("      {}", log_message(&line));
+
+        step(&format!(
+            "{}: kubelet starts lattice-proxy, the native sidecar, in {} on {PROXY_LISTEN} (uid/gid \
+             {PROXY_GID}); the app waits for its startupProbe (/readyz)",
+            c.name(),
+            self.names.netns(c)
+        ));
+        self.spawn_proxy(c, ca)?;
+        self.wait_ready(c)?;
+        self.start_app(c)?;
+        api.apply(&pod.running_object())
+            .context("kubelet's status update of the pod")?;
         Ok(())
     }
 
@@ -616,14 +1074,22 @@ impl Scenario {
     }
 
     fn cgroups(&self) -> Result<()> {
-        step(&format!(
-            "creating cgroups under {} (clusterN/app is enrolled in the redirector)",
-            self.names.cgroup_root().display()
-        ));
         let mut dirs = vec![self.names.node_cgroup()];
-        for c in CLUSTERS {
-            dirs.push(self.names.cgroup(c, "app"));
-            dirs.push(self.names.cgroup(c, "proxy"));
+        if self.settings.mode == Mode::Config {
+            step(&format!(
+                "creating cgroups under {} (clusterN/app is enrolled in the redirector)",
+                self.names.cgroup_root().display()
+            ));
+            for c in CLUSTERS {
+                dirs.push(self.names.cgroup(c, "app"));
+                dirs.push(self.names.cgroup(c, "proxy"));
+            }
+        } else {
+            step(&format!(
+                "creating the demo's cgroup subtree {} (node/ for the node's processes; each \
+                 cluster's kubelet makes its own tree under clusterN/)",
+                self.names.cgroup_root().display()
+            ));
         }
         for d in dirs {
             std::fs::create_dir_all(&d)
@@ -670,18 +1136,25 @@ impl Scenario {
 
     /// Waits until `file` contains `needle`, failing early when the process named `name` exits.
     fn wait_for(&mut self, name: &str, file: &Path, needle: &str) -> Result<()> {
+        self.wait_for_line(name, file, &[needle]).map(|_| ())
+    }
+
+    /// Waits until a line of `file` contains every one of `needles` and returns that line,
+    /// failing early when a process of the scenario exits.
+    fn wait_for_line(&mut self, name: &str, file: &Path, needles: &[&str]) -> Result<String> {
         let start = Instant::now();
         loop {
             check_interrupted()?;
             let text = std::fs::read_to_string(file).unwrap_or_default();
-            if text.contains(needle) {
-                return Ok(());
+            if let Some(line) = text.lines().find(|l| needles.iter().all(|n| l.contains(n))) {
+                return Ok(line.to_owned());
             }
             self.check_children()?;
             if start.elapsed() > READY_TIMEOUT {
                 bail!(
-                    "{name} did not become ready within {}s (waited for '{needle}' in {}):\n{}",
+                    "{name} did not get there within {}s (waited for a line with '{}' in {}):\n{}",
                     READY_TIMEOUT.as_secs(),
+                    needles.join("' and '"),
                     file.display(),
                     tail(file)
                 );
@@ -694,7 +1167,7 @@ impl Scenario {
         for (name, child, log) in &mut self.children {
             if let Some(status) = child.try_wait()? {
                 bail!(
-                    "{name} exited with {status} while starting; its log {}:\n{}",
+                    "{name} exited with {status}; its log {}:\n{}",
                     log.display(),
                     tail(log)
                 );
@@ -748,9 +1221,34 @@ impl Scenario {
         format!(
             "sh -c 'echo $$ > {}/cgroup.procs; exec ip netns exec {} setpriv --reuid {APP_GID} \
              --regid {APP_GID} --clear-groups curl -sS {url}'",
-            self.names.cgroup(from, "app").display(),
+            self.app_cgroup(from).display(),
             self.names.netns(from)
         )
+    }
+
+    /// Runs `curl` as the app of `from` (its cgroup, netns, uid/gid), printing the command
+    /// and the answer; returns whether curl succeeded and its output (or error).
+    fn curl_as_app(&self, from: Cluster, url: &str) -> Result<(bool, String)> {
+        let curl = ["curl", "-sS", "--max-time", "30", url];
+        println!("$ {}", curl.join(" "));
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.names.netns(from)]);
+        as_user(&mut cmd, APP_GID);
+        cmd.args(curl).stdin(Stdio::null());
+        enter_cgroup_on_exec(&mut cmd, &self.app_cgroup(from))?;
+        let out = cmd.output().context("cannot run curl")?;
+        let mut output = String::from_utf8_lossy(&out.stdout).trim_end().to_owned();
+        if !out.status.success() {
+            let _ = write!(
+                output,
+                "{}curl failed ({}): {}",
+                if output.is_empty() { "" } else { "\n" },
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        println!("{output}");
+        Ok((out.status.success(), output))
     }
 
     /// Runs the seed's four calls from the app side and returns their results, printing each
@@ -773,25 +1271,8 @@ impl Scenario {
                     self.names.netns(from),
                     to.host()
                 );
-                let curl = ["curl", "-sS", "--max-time", "30", &url];
-                println!("$ {}", curl.join(" "));
-                let mut cmd = Command::new("ip");
-                cmd.args(["netns", "exec", &self.names.netns(from)]);
-                as_user(&mut cmd, APP_GID);
-                cmd.args(curl).stdin(Stdio::null());
-                enter_cgroup_on_exec(&mut cmd, &self.names.cgroup(from, "app"))?;
-                let out = cmd.output().context("cannot run curl")?;
-                let mut output = String::from_utf8_lossy(&out.stdout).trim_end().to_owned();
-                if !out.status.success() {
-                    let _ = write!(
-                        output,
-                        "{}curl failed ({}): {}",
-                        if output.is_empty() { "" } else { "\n" },
-                        out.status,
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    );
-                }
-                let ok = out.status.success()
+                let (success, output) = self.curl_as_app(from, &url)?;
+                let ok = success
                     && match expect {
                         Expect::Allowed => {
                             output.ends_with(&format!("): Hello from {}", to.version()))
@@ -802,8 +1283,8 @@ impl Scenario {
                             output.starts_with("AccessDeniedException")
                                 && output.contains(&format!("assumed-role/{}/", from.role_name()))
                         }
+                        Expect::NotRedirected => false,
                     };
-                println!("{output}");
                 let check = Check {
                     from,
                     to,
@@ -811,6 +1292,7 @@ impl Scenario {
                     command: self.curl_command(from, &url),
                     output,
                     ok,
+                    detail: String::new(),
                 };
                 println!(
                     "{} expected: {}",
@@ -821,6 +1303,81 @@ impl Scenario {
             }
         }
         Ok(checks)
+    }
+
+    /// The Kubernetes variant's fifth check: deletes cluster1's pod from its API server,
+    /// waits for its agent's "pod unenrolled", then calls demo-cluster2 (allowed a moment
+    /// ago) from that app's cgroup, which is left in place: the connect is not redirected,
+    /// the request reaches Lattice unsigned, and Lattice refuses `User: anonymous`; the
+    /// agent's counters show the connect was seen and skipped as not enrolled.
+    pub fn run_unenroll_check(&mut self) -> Result<Check> {
+        let (from, to) = (CLUSTERS[0], CLUSTERS[1]);
+        let k = self.kube_cluster_mut(from)?;
+        let (pod, api, log, admin) = (
+            k.pod.clone(),
+            k.api.clone().context("the API server is not started")?,
+            k.agent_log.clone(),
+            k.agent_admin
+                .context("the agent's admin address is not in its log")?,
+        );
+        let before = agent_counters(admin)?;
+        step(&format!(
+            "deleting pod {}/{} from {}'s API server (as `kubectl delete pod` ends)",
+            pod.namespace,
+            pod.name,
+            from.name()
+        ));
+        if !api.delete(&pod.namespace, &pod.name)? {
+            bail!(
+                "pod {}/{} was not in the API server",
+                pod.namespace,
+                pod.name
+            );
+        }
+        let key = format!("pod={}/{}", pod.namespace, pod.name);
+        let agent = format!("{}'s lattice-redirector", from.name());
+        let line = self.wait_for_line(&agent, &log, &["pod unenrolled: deleted", &key])?;
+        eprintln!("      {}", log_message(&line));
+
+        let url = format!("http://{}/", to.host());
+        println!();
+        println!(
+            "# {} app (gid {APP_GID}, netns {}), its pod deleted from the API server and \
+             unenrolled (its processes and cgroup left in place to show it) -> {}",
+            from.name(),
+            self.names.netns(from),
+            to.host()
+        );
+        let (success, output) = self.curl_as_app(from, &url)?;
+        let after = agent_counters(admin)?;
+        let detail = format!(
+            "{}'s agent: redirected {} -> {}, skip_not_enrolled {} -> {}",
+            from.name(),
+            before.0,
+            after.0,
+            before.1,
+            after.1
+        );
+        let ok = success
+            && output.starts_with("AccessDeniedException: User: anonymous is not authorized")
+            && after.0 == before.0
+            && after.1 > before.1;
+        let check = Check {
+            from,
+            to,
+            expect: Expect::NotRedirected,
+            command: self.curl_command(from, &url),
+            output,
+            ok,
+            detail,
+        };
+        println!(
+            "{} expected: {} ({})",
+            if ok { "[ok]" } else { "[MISMATCH]" },
+            check.expected_text(),
+            check.detail
+        );
+        Ok(check)
     }
 
     /// How to try more by hand and how to tear down (printed by `--keep`).
@@ -848,12 +1405,66 @@ impl Scenario {
             "  ip netns exec {} curl -s http://{PROXY_ADMIN}/metrics   # the proxy's metrics",
             self.names.netns(CLUSTERS[0])
         );
-        let _ = writeln!(
-            s,
-            "  {} --pin-dir {} status   # what the redirector attached",
-            self.settings.bins.redirector.display(),
-            self.names.pin_dir().display()
-        );
+        if self.kube.is_empty() {
+            let _ = writeln!(
+                s,
+                "  {} --pin-dir {} status   # what the redirector attached",
+                self.settings.bins.redirector.display(),
+                self.names.pin_dir().display()
+            );
+        }
+        for (c, k) in CLUSTERS.iter().zip(&self.kube) {
+            let api = k.api.as_ref().map(|a| a.url()).unwrap_or_default();
+            let _ = writeln!(s, "  # {} (node {}):", c.name(), c.node_name());
+            let _ = writeln!(
+                s,
+                "  curl -sS -H 'Authorization: Bearer {}' '{}/api/v1/pods?fieldSelector=spec.\
+                 nodeName={}'   # the pods its agent watches (kubeconfig: {})",
+                crate::kube_api::TOKEN,
+                k.api_url,
+                c.node_name(),
+                self.settings
+                    .state_dir
+                    .join(c.name())
+                    .join("api/kubeconfig")
+                    .display()
+            );
+            let _ = writeln!(
+                s,
+                "  curl -sS -X DELETE {api}/api/v1/namespaces/{}/pods/{}   # delete the pod",
+                k.pod.namespace, k.pod.name
+            );
+            let _ = writeln!(
+                s,
+                "  curl -sS -X POST --data-binary @{} {api}/api/v1/namespaces/{}/pods   # \
+                 (re)create it",
+                self.settings
+                    .state_dir
+                    .join(c.name())
+                    .join("pod.json")
+                    .display(),
+                k.pod.namespace
+            );
+            if let Some(admin) = k.agent_admin {
+                let _ = writeln!(
+                    s,
+                    "  curl -s http://{admin}/metrics | grep -e pods -e connects   # its agent"
+                );
+            }
+            let _ = writeln!(
+                s,
+                "  {} --pin-dir {} status   # what its agent attached and enrolled",
+                self.settings.bins.redirector.display(),
+                self.names.cluster_pin_dir(*c).display()
+            );
+        }
+        if !self.kube.is_empty() {
+            let _ = writeln!(
+                s,
+                "(cluster1's pod was deleted by the fifth check: its app is not redirected \
+                 until the pod is created again; the agents' logs are logs/clusterN-redirector.log)"
+            );
+        }
         let _ = writeln!(
             s,
             "Configuration and logs: {} (lattice-emulator.json, logs/)",
@@ -862,6 +1473,36 @@ impl Scenario {
         let _ = writeln!(s, "Tear everything down with: {down_command}");
         s
     }
+}
+
+/// The agent's `redirected` and `skip_not_enrolled` connect counters, from its /metrics.
+fn agent_counters(admin: SocketAddr) -> Result<(u64, u64)> {
+    let (status, text) = kube::http_request(admin, "GET", "/metrics", "")?;
+    if status != 200 {
+        bail!("the agent's /metrics answered {status}");
+    }
+    let get = |result: &str| {
+        kube::metric(
+            &text,
+            &format!("lattice_redirector_connects_total{{result=\"{result}\"}}"),
+        )
+        .unwrap_or(0)
+    };
+    Ok((get("redirected"), get("skip_not_enrolled")))
+}
+
+/// A tracing log line without its timestamp and level (for quoting the agent).
+fn log_message(line: &str) -> &str {
+    line.find(": ")
+        .map(|i| &line[i + 2..])
+        .unwrap_or(line)
+        .trim()
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 impl Drop for Scenario {
@@ -925,9 +1566,11 @@ pub fn teardown(names: &Names, redirector: Option<&Path>) -> Result<()> {
         }
     }
 
-    // 2. The redirector's programs and pins: `uninstall` is the only way to detach.
-    let pins = names.pin_dir();
-    if pins.exists() {
+    // 2. The redirectors' programs and pins: `uninstall` is the only way to detach.
+    for pins in names.all_pin_dirs() {
+        if !pins.exists() {
+            continue;
+        }
         if let Some(bin) = redirector.filter(|b| b.is_file()) {
             let out = Command::new(bin)
                 .arg("--pin-dir")
@@ -1044,13 +1687,24 @@ fn preflight(settings: &Settings) -> Result<()> {
         );
     }
     for tool in ["ip", "setpriv", "curl", "mount"] {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-            .unwrap_or(false);
-        if !found {
+        if !on_path(tool) {
             bail!(
                 "`{tool}` is not on PATH; install it (Debian: apt-get install iproute2 \
                  util-linux curl mount)"
+            );
+        }
+    }
+    if let Mode::Kubernetes { deploy_dir } = &settings.mode {
+        if !on_path("kubectl") {
+            bail!(
+                "`kubectl` is not on PATH: the Kubernetes demo renders deploy/ with `kubectl \
+                 kustomize` (kubectl 1.27 or newer)"
+            );
+        }
+        if !deploy_dir.join("kustomization.yaml").is_file() {
+            bail!(
+                "{} is not the project's deploy/ directory (no kustomization.yaml)",
+                deploy_dir.display()
             );
         }
     }
@@ -1064,6 +1718,12 @@ fn preflight(settings: &Settings) -> Result<()> {
         })?;
     }
     Ok(())
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
 }
 
 /// Fails unless `path` has the `mode` bits for others and every ancestor is searchable.
@@ -1189,9 +1849,19 @@ fn agent_token(c: Cluster) -> String {
     format!("{}-eks-pod-identity-token", c.name())
 }
 
+/// The uid of each cluster's pod in [`Mode::Config`] (a fresh one per run in the Kubernetes
+/// variant).
+fn config_pod_uid(c: Cluster) -> &'static str {
+    match c.n {
+        1 => "6f1c7d0e-1111-4a2b-8c3d-0a1b2c3d4e5f",
+        _ => "9a8b7c6d-2222-4e5f-9a0b-4e5f6a7b8c9d",
+    }
+}
+
 /// The emulator's configuration: two services with the seed's IAM auth policies, targets in
-/// the cluster namespaces, listeners and Pod Identity agents inside the namespaces.
-pub fn emulator_config(names: &Names, ca_out: &Path) -> serde_json::Value {
+/// the cluster namespaces, listeners and Pod Identity agents inside the namespaces; the
+/// session tags of each cluster's credentials name its pod (`pods`, in [`CLUSTERS`] order).
+pub fn emulator_config(names: &Names, ca_out: &Path, pods: &[PodRef; 2]) -> serde_json::Value {
     use serde_json::json;
     let netns = |ns: String| format!("/run/netns/{ns}");
     let lattice = netns(names.lattice_netns());
@@ -1210,10 +1880,7 @@ pub fn emulator_config(names: &Names, ca_out: &Path) -> serde_json::Value {
             }]
         })
     };
-    let uid = |c: Cluster| match c.n {
-        1 => "6f1c7d0e-1111-4a2b-8c3d-0a1b2c3d4e5f",
-        _ => "9a8b7c6d-2222-4e5f-9a0b-4e5f6a7b8c9d",
-    };
+    let pod = |c: Cluster| &pods[usize::from(c.n) - 1];
     json!({
         "listeners": [
             {"address": "0.0.0.0:443", "protocol": "https", "netns": lattice},
@@ -1240,13 +1907,13 @@ pub fn emulator_config(names: &Names, ca_out: &Path) -> serde_json::Value {
                 "secret_access_key": format!("{}-secret-access-key", c.name()),
                 "session_token": format!("{}-session-token", c.name()),
                 "role_name": c.role_name(),
-                "session_name": format!("eks-{}-{}", c.eks_cluster(), c.pod_name()),
+                "session_name": format!("eks-{}-{}", c.eks_cluster(), pod(*c).name),
                 "tags": {
                     "eks-cluster-name": c.eks_cluster(),
                     "kubernetes-namespace": "apps",
                     "kubernetes-service-account": "default",
-                    "kubernetes-pod-name": c.pod_name(),
-                    "kubernetes-pod-uid": uid(*c),
+                    "kubernetes-pod-name": pod(*c).name,
+                    "kubernetes-pod-uid": pod(*c).uid,
                 },
                 "expires_in_secs": 21600,
             })).collect::<Vec<_>>(),
@@ -1283,7 +1950,11 @@ mod tests {
 
     #[test]
     fn the_generated_emulator_configuration_is_valid_and_says_what_the_demo_needs() {
-        let mut value = emulator_config(&names(), Path::new("/tmp/ca.pem"));
+        let pods = CLUSTERS.map(|c| PodRef {
+            name: c.pod_name(),
+            uid: config_pod_uid(c).to_owned(),
+        });
+        let mut value = emulator_config(&names(), Path::new("/tmp/ca.pem"), &pods);
         // The targets' namespaces exist only while the scenario runs; the loader checks them.
         for (c, tg) in CLUSTERS.iter().zip(
             value["emulator"]["target_groups"]
@@ -1344,6 +2015,18 @@ mod tests {
             PathBuf::from("/sys/fs/cgroup/unified/le-unit/cluster2/app")
         );
         assert_eq!(n.pin_dir(), PathBuf::from("/sys/fs/bpf/le-unit"));
+        assert_eq!(
+            n.all_pin_dirs(),
+            [
+                PathBuf::from("/sys/fs/bpf/le-unit"),
+                PathBuf::from("/sys/fs/bpf/le-unit-cluster1"),
+                PathBuf::from("/sys/fs/bpf/le-unit-cluster2"),
+            ]
+        );
+        assert_eq!(
+            n.kubelet_root(CLUSTERS[0]),
+            PathBuf::from("/sys/fs/cgroup/unified/le-unit/cluster1")
+        );
         for bad in ["", "a/b", "../x", "has space", "x".repeat(25).as_str()] {
             let e = Names::new(bad).unwrap_err().to_string();
             assert!(e.contains("prefix"), "{bad:?}: {e}");
@@ -1371,11 +2054,14 @@ mod tests {
                         proxy: PathBuf::new(),
                         emulator: PathBuf::new(),
                         app: PathBuf::new(),
+                        kube_api: PathBuf::new(),
                     },
+                    mode: Mode::Config,
                 },
                 children: Vec::new(),
                 keep: true, // nothing to tear down
                 lock: None,
+                kube: Vec::new(),
             };
             s.curl_command(CLUSTERS[0], "http://demo-cluster2.example.com/")
         };

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use lattice_tests::demo::{Binaries, Expect, Scenario, Settings, CLUSTERS};
+use lattice_tests::demo::{Binaries, Expect, Mode, Scenario, Settings, CLUSTERS};
 
 #[test]
 fn two_clusters_allowed_and_denied_as_the_seed() {
@@ -27,6 +27,7 @@ fn two_clusters_allowed_and_denied_as_the_seed() {
         proxy: required(bin_dir, "lattice-proxy"),
         emulator: emulator.clone(),
         app: PathBuf::from(env!("CARGO_BIN_EXE_demo-app")),
+        kube_api: PathBuf::from(env!("CARGO_BIN_EXE_demo-kube-api")),
     };
     let prefix = format!("le-e2e-{}", std::process::id());
     // Under the temporary directory: the proxies (uid 1337) must reach it even when the
@@ -36,6 +37,7 @@ fn two_clusters_allowed_and_denied_as_the_seed() {
         prefix,
         state_dir: state_dir.clone(),
         bins,
+        mode: Mode::Config,
     })
     .unwrap_or_else(|e| panic!("the scenario did not come up: {e:#}"));
 

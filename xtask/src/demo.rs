@@ -7,6 +7,11 @@
 //! itself lives in `lattice_tests::demo` (tests/src/demo.rs), shared with the end-to-end test
 //! `tests/tests/demo.rs`; keeping it out of xtask keeps the emulator's dependencies out of
 //! every other xtask build.
+//!
+//! `--kubernetes` runs the variant whose pods come from a (fake) Kubernetes API server per
+//! cluster and whose agents run in Kubernetes mode as deploy/base/daemonset.yaml starts them
+//! (`tests/tests/demo_kubernetes.rs` is its test); it renders this checkout's `deploy/` with
+//! `kubectl kustomize`.
 
 use crate::{ebpf, setup, setup::step};
 use anyhow::{Context, Result};
@@ -21,9 +26,16 @@ pub struct Demo {
     /// Leave everything running and print how to try more by hand.
     #[arg(long, conflicts_with = "down")]
     pub keep: bool,
-    /// Tear down what a `--keep` run (or a crashed one) left, and nothing else.
+    /// Tear down what a `--keep` run (or a crashed one) left, and nothing else (either
+    /// variant).
     #[arg(long)]
     pub down: bool,
+    /// The Kubernetes variant: every pod from a Kubernetes API (one fake API server per
+    /// cluster, pods built from the rendered deploy/examples/seed), kubelet-like cgroup trees,
+    /// one agent per cluster in Kubernetes mode; adds a fifth check (a deleted pod is no
+    /// longer redirected).
+    #[arg(long, conflicts_with = "down")]
+    pub kubernetes: bool,
 }
 
 /// Runs the demo (see the module documentation).
@@ -47,6 +59,12 @@ pub fn run(opts: &Demo) -> Result<()> {
     if !missing.is_empty() {
         setup::apt_install(&missing)?;
     }
+    if opts.kubernetes && !on_path("kubectl") {
+        anyhow::bail!(
+            "`cargo xtask demo --kubernetes` renders deploy/ with `kubectl kustomize`, and \
+             kubectl is not on PATH: install kubectl (1.27 or newer; it has no Debian package)"
+        );
+    }
 
     if opts.down {
         if !bin_dir.join("lattice-demo").is_file() {
@@ -62,8 +80,9 @@ pub fn run(opts: &Demo) -> Result<()> {
     } else {
         ebpf::run(&ebpf::BuildEbpf {})?;
         step(
-            "building lattice-redirector, lattice-proxy, the Lattice emulator, the demo app \
-             and lattice-demo (debug profile; the first build takes a few minutes)",
+            "building lattice-redirector, lattice-proxy, the Lattice emulator, the demo app, \
+             the demo's API server and lattice-demo (debug profile; the first build takes a \
+             few minutes)",
         );
         setup::run(Command::new(&cargo).current_dir(&root).args([
             "build",
@@ -87,8 +106,15 @@ pub fn run(opts: &Demo) -> Result<()> {
     if opts.keep {
         cmd.arg("--keep");
     }
+    if opts.kubernetes {
+        cmd.arg("--kubernetes")
+            .arg("--deploy-dir")
+            .arg(root.join("deploy"));
+    }
     if opts.down {
         cmd.arg("--down");
+    } else if opts.kubernetes {
+        step("starting the scenario, Kubernetes variant (lattice-demo --kubernetes)");
     } else {
         step("starting the scenario (lattice-demo)");
     }

@@ -1,13 +1,16 @@
 //! `lattice-demo`: runs the two-cluster VPC Lattice scenario ([`lattice_tests::demo`]) with
 //! the binaries next to it (`cargo xtask demo` builds them and runs this), prints the four
 //! calls and their answers, and tears everything down (also on Ctrl-C or failure) unless
-//! `--keep`. `--down` removes what a `--keep` run (or a crashed one) left.
+//! `--keep`. `--down` removes what a `--keep` run (or a crashed one) left, of either variant.
+//! `--kubernetes` runs the variant whose pods come from a Kubernetes API per cluster, with
+//! the agent in its Kubernetes mode, and adds a fifth check: a deleted pod is no longer
+//! redirected.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::Parser;
-use lattice_tests::demo::{self, Binaries, Names, Scenario, Settings};
+use lattice_tests::demo::{self, Binaries, Mode, Names, Scenario, Settings, CLUSTERS};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -18,9 +21,20 @@ struct Args {
     /// Leave everything running and print how to try more by hand.
     #[arg(long, conflicts_with = "down")]
     keep: bool,
-    /// Only tear down what an earlier run left (after --keep or a crash).
+    /// Only tear down what an earlier run left (after --keep or a crash), of either variant.
     #[arg(long)]
     down: bool,
+    /// Pods from a (fake) Kubernetes API server per cluster, built from the rendered
+    /// deploy/examples/seed Deployments, kubelet-like cgroup trees (systemd driver on
+    /// cluster1, cgroupfs on cluster2), one lattice-redirector per cluster started as
+    /// deploy/base/daemonset.yaml starts it; adds the check that a deleted pod is no longer
+    /// redirected.
+    #[arg(long)]
+    kubernetes: bool,
+    /// The project's deploy/ directory, for --kubernetes [default: the checkout this program
+    /// was built from].
+    #[arg(long, requires = "kubernetes")]
+    deploy_dir: Option<PathBuf>,
     /// Prefix of the namespaces, cgroups and bpffs pins.
     #[arg(long, default_value = "le-demo")]
     prefix: String,
@@ -51,7 +65,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Ok(true) when all four checks matched.
+/// Ok(true) when all the checks matched.
 fn run(args: &Args) -> anyhow::Result<bool> {
     demo::install_signal_handlers()?;
     let bin_dir = match &args.bin_dir {
@@ -89,26 +103,63 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             }
         }
     };
+    let mode = if args.kubernetes {
+        Mode::Kubernetes {
+            deploy_dir: args
+                .deploy_dir
+                .clone()
+                .unwrap_or_else(demo::default_deploy_dir),
+        }
+    } else {
+        Mode::Config
+    };
     let settings = Settings {
         prefix: args.prefix.clone(),
         state_dir,
         bins: Binaries::in_dir(&bin_dir)?,
+        mode,
     };
     let mut scenario = Scenario::up(settings)?;
     eprintln!("==> everything is up; the four calls of the seed, from the app side:");
     println!(
-        "Each curl runs as the app would (gid {}, its cgroup, its network namespace): it \
+        "Each curl runs as the app would (gid {}, its {}cgroup, its network namespace): it \
          connects to the service's Lattice address 169.254.171.x:80, lattice-redirector's \
          connect4 program sends the connection to lattice-proxy on {}, which signs the \
          request with the cluster's EKS Pod Identity credentials and calls the service over \
          TLS on :443; Lattice (the emulator) checks the signature and the IAM auth policy.",
         demo::APP_GID,
+        if args.kubernetes { "container's " } else { "" },
         demo::PROXY_LISTEN
     );
-    let checks = scenario.run_checks()?;
+    if args.kubernetes {
+        for c in CLUSTERS {
+            if let Some(pod) = scenario.pod(c) {
+                println!(
+                    "{}: pod {}/{} ({}), app in {}",
+                    c.name(),
+                    pod.namespace,
+                    pod.name,
+                    pod.qos.as_str(),
+                    pod.app.cgroup.display()
+                );
+            }
+        }
+    }
+    let mut checks = scenario.run_checks()?;
+    if args.kubernetes {
+        println!();
+        println!(
+            "Fifth check: the pod of cluster1 is deleted from its API server; its agent \
+             unenrolls the pod cgroup, so the same call as the first one is no longer \
+             redirected."
+        );
+        checks.push(scenario.run_unenroll_check()?);
+    }
     let ok = checks.iter().all(|c| c.ok);
     println!();
-    if ok {
+    if ok && args.kubernetes {
+        println!("All five checks passed: the four calls gave what the IAM auth policies say (demo-cluster1 admits only eks-cluster2/apps, demo-cluster2 only eks-cluster1/apps), with every pod enrolled from the Kubernetes API, and the deleted pod's call went out unredirected and unsigned.");
+    } else if ok {
         println!("All four calls gave what the IAM auth policies say: demo-cluster1 admits only eks-cluster2/apps, demo-cluster2 only eks-cluster1/apps.");
     } else {
         let bad: Vec<String> = checks

@@ -748,8 +748,13 @@ impl Scenario {
             .args(["--region", REGION, "--allowed-domain", "example.com"])
             .arg("--ca-file")
             .arg(ca)
-            .args(["--workers", "1", "--drain-timeout", "2s"])
-            .env_clear()
+            .args(["--workers", "1", "--drain-timeout", "2s"]);
+        if matches!(self.settings.mode, Mode::Kubernetes { .. }) {
+            // As deploy/components/sidecar runs it: ready only once the agent has enrolled
+            // the pod (its connect to the check port comes back to this proxy).
+            cmd.args(["--redirect-check", "127.0.0.1:15009"]);
+        }
+        cmd.env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("HOME", &dir)
             .env("RUST_LOG", "info")

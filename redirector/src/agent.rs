@@ -52,6 +52,9 @@ pub struct Kubernetes {
     pub node_name: String,
     /// kubelet's cgroupRoot, under the node's cgroup2 root (`/` by default, as on EKS).
     pub kubelet_root: PathBuf,
+    /// The agent's own pod (POD_UID from the downward API): its cgroup, found where the
+    /// layout says, confirms the layout.
+    pub pod_uid: Option<String>,
 }
 
 impl Options {
@@ -226,12 +229,13 @@ pub async fn run(opts: Options) -> Result<()> {
         pods: kube.as_ref().map(|_| Arc::new(watch::Status::default())),
     });
     if let (Some(client), Some(k), Some(status)) = (kube, &opts.kubernetes, &shared.pods) {
-        let pods = watch::Pods::new(
+        let mut pods = watch::Pods::new(
             shared.clone(),
             status.clone(),
             cgroup_root.clone(),
             k.kubelet_root.clone(),
         );
+        pods.own_pod(k.pod_uid.clone());
         tokio::spawn(watch::run(client, k.node_name.clone(), pods));
     }
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin endpoint (/healthz, /metrics) listening");

@@ -224,6 +224,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 kubernetes: args.kubernetes.then(|| agent::Kubernetes {
                     node_name: args.node_name.clone(),
                     kubelet_root: args.kubelet_cgroup_root.clone(),
+                    pod_uid: std::env::var("POD_UID").ok().filter(|u| !u.is_empty()),
                 }),
             };
             let rt = tokio::runtime::Builder::new_current_thread()

@@ -118,6 +118,8 @@ pub struct Pods {
     relisting: Option<BTreeSet<String>>,
     /// Next time to look for the layout, while it is not recognised.
     layout_retry: (Instant, Duration),
+    /// The agent's own pod uid, and whether its cgroup was looked for yet.
+    own: Option<(String, bool)>,
 }
 
 impl Pods {
@@ -138,6 +140,7 @@ impl Pods {
             tracked: BTreeMap::new(),
             relisting: None,
             layout_retry: (Instant::now(), RETRY_FIRST),
+            own: None,
         };
         pods.detect_layout();
         pods
@@ -167,6 +170,50 @@ impl Pods {
         }
     }
 
+    /// Names the agent's own pod (POD_UID): when the watch lists it, its cgroup must be
+    /// where the layout puts pod cgroups; if it is not, no pod would ever be found, and the
+    /// agent says so.
+    pub fn own_pod(&mut self, uid: Option<String>) {
+        self.own = uid.map(|u| (u, false));
+    }
+
+    fn check_own_pod(&mut self, pod: &Pod) {
+        let Some((uid, checked)) = &self.own else {
+            return;
+        };
+        if *checked || pod.metadata.uid.as_deref() != Some(uid.as_str()) {
+            return;
+        }
+        let Some(layout) = &self.layout else {
+            return;
+        };
+        let Some(qos) = Qos::of_pod(pod) else {
+            return;
+        };
+        let found = kubelet::cgroup_uid(pod)
+            .ok_or_else(|| "no uid".to_string())
+            .and_then(|u| layout.pod_path(qos, u).map_err(|e| e.to_string()));
+        match found {
+            Ok(path) if path.is_dir() => {
+                tracing::info!(cgroup = %path.display(), "cgroup layout confirmed: this agent's own pod cgroup is where pod cgroups are looked for");
+            }
+            Ok(path) => {
+                let why = format!(
+                    "this agent's own pod (uid {uid}) has no cgroup at {}: pods will not be \
+                     found; check --cgroup-root (the node's cgroup2 root) and \
+                     --kubelet-cgroup-root (kubelet's cgroupRoot)",
+                    path.display()
+                );
+                tracing::error!("{why}");
+                *lock(&self.status.layout_error) = Some(why);
+            }
+            Err(e) => tracing::warn!("this agent's own pod: {e}"),
+        }
+        if let Some(own) = self.own.as_mut() {
+            own.1 = true;
+        }
+    }
+
     /// Applies one event of the watch.
     pub fn event(&mut self, event: Event<Pod>) {
         *lock(&self.status.last_error) = None;
@@ -175,6 +222,7 @@ impl Pods {
                 self.relisting = Some(BTreeSet::new());
             }
             Event::InitApply(pod) => {
+                self.check_own_pod(&pod);
                 if let Some(uid) = self.apply(&pod) {
                     if let Some(seen) = self.relisting.as_mut() {
                         seen.insert(uid);
@@ -183,6 +231,7 @@ impl Pods {
             }
             Event::InitDone => self.relisted(),
             Event::Apply(pod) => {
+                self.check_own_pod(&pod);
                 self.apply(&pod);
             }
             Event::Delete(pod) => {

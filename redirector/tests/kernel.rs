@@ -1106,3 +1106,43 @@ fn a_pod_with_its_own_ports_and_gids_is_redirected_by_them_alone() {
     let status = counters(&sb);
     assert!(status.contains("per-pod policies in use: 0"), "{status}");
 }
+
+#[test]
+fn the_agents_own_pod_confirms_the_cgroup_layout_or_says_it_is_wrong() {
+    use lattice_tests::kube_api::FakeApiServer;
+    const AGENT_POD: &str = "4d4e28ba-2fa1-11d2-883f-0016d3cca427";
+    let sb = Sandbox::new("own");
+    let server = FakeApiServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    let mut tree = KubeletTree::default();
+    let kubepods = tree.create(sb.root.join("kubepods.slice"));
+    let burstable = tree.create(kubepods.join("kubepods-burstable.slice"));
+    // The agent's own pod: hostNetwork, never selected, but listed on its node.
+    let mut agent_pod = pod("agent", AGENT_POD, "node-a", "Burstable", false);
+    agent_pod["metadata"]["namespace"] = "lattice-egress".into();
+    agent_pod["spec"]["hostNetwork"] = true.into();
+    server.apply(agent_pod);
+
+    // Its cgroup is missing where the layout says: the layout is wrong, and /healthz says so.
+    let mut agent = sb.kube_agent_with(&kubeconfig, "node-a", &[("POD_UID", AGENT_POD)]);
+    agent.wait_for("has no cgroup at", WAIT);
+    let (status, body) = agent.http_get("/healthz");
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable", "{body}");
+    assert!(
+        body.contains(&format!("own pod (uid {AGENT_POD})")),
+        "{body}"
+    );
+    agent.kill9();
+
+    // Where kubelet puts it: confirmed.
+    tree.create(burstable.join(format!(
+        "kubepods-burstable-pod{}.slice",
+        AGENT_POD.replace('-', "_")
+    )));
+    let mut agent = sb.kube_agent_with(&kubeconfig, "node-a", &[("POD_UID", AGENT_POD)]);
+    agent.wait_for("cgroup layout confirmed", WAIT);
+    agent.wait_for("pod watch synced", WAIT);
+    assert_eq!(agent.http_get("/healthz").0, "HTTP/1.1 200 OK");
+}

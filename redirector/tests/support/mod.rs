@@ -135,6 +135,11 @@ impl Sandbox {
     /// cgroup2 root, kubelet's tree under this sandbox's cgroup), against the API server
     /// that `kubeconfig` names; nothing enrolled by configuration.
     pub fn kube_agent(&self, kubeconfig: &Path, node: &str) -> Agent {
+        self.kube_agent_with(kubeconfig, node, &[])
+    }
+
+    /// [`Sandbox::kube_agent`] with extra environment variables (POD_UID, say).
+    pub fn kube_agent_with(&self, kubeconfig: &Path, node: &str, env: &[(&str, &str)]) -> Agent {
         let kubelet_root = self.root.strip_prefix(&self.cgroup2).unwrap();
         let mut args = self.pin_args();
         args.extend(
@@ -155,7 +160,9 @@ impl Sandbox {
             .iter()
             .map(|s| s.to_string()),
         );
-        Agent::start_with(&args, &[("KUBECONFIG", kubeconfig.to_str().unwrap())])
+        let mut all = vec![("KUBECONFIG", kubeconfig.to_str().unwrap())];
+        all.extend_from_slice(env);
+        Agent::start_with(&args, &all)
     }
 
     /// Runs a one-shot agent command (status, enroll, uninstall…).

@@ -21,14 +21,16 @@ use serde_json::Value;
 
 const AGENT_IMAGE: &str = "public.ecr.aws/lattice-egress/lattice-redirector:0.1.0";
 const PROXY_IMAGE: &str = "public.ecr.aws/lattice-egress/lattice-proxy:0.1.0";
+const INJECTOR_IMAGE: &str = "public.ecr.aws/lattice-egress/lattice-injector:0.1.0";
 /// The Kubernetes versions the manifests must validate for.
 const KUBE_VERSIONS: [&str; 2] = ["1.29", "1.33"];
 /// The directories (relative to `deploy/`) that must exist among the discovered ones: the
 /// discovery itself is what covers a new overlay, this guards against it finding nothing.
-const EXPECTED: [&str; 7] = [
+const EXPECTED: [&str; 8] = [
     ".",
     "base",
     "uninstall",
+    "components/injector",
     "components/sidecar",
     "examples/seed/apps",
     "examples/seed/cluster1",
@@ -221,24 +223,27 @@ spec:
 /// Renders a component through a throw-away kustomization (under cargo's target tmp dir)
 /// that includes it over [`SIDECAR_FIXTURE`].
 fn render_component(name: &str) -> String {
-    assert_eq!(
-        name, "components/sidecar",
-        "a new component: give it a fixture in tests/tests/deploy.rs"
-    );
+    // The injector component brings its own objects (namespaced itself): rendered alone.
+    let fixture = match name {
+        "components/sidecar" => SIDECAR_FIXTURE,
+        "components/injector" => "",
+        _ => panic!("a new component {name}: give it a fixture in tests/tests/deploy.rs"),
+    };
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("deploy-fixture-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create fixture dir");
     let component = relative(&dir, &deploy_dir().join(name));
-    std::fs::write(dir.join("workloads.yaml"), SIDECAR_FIXTURE).expect("write fixture");
-    std::fs::write(
-        dir.join("kustomization.yaml"),
+    let kustomization = if fixture.is_empty() {
+        format!("components:\n  - {}\n", component.display())
+    } else {
+        std::fs::write(dir.join("workloads.yaml"), fixture).expect("write fixture");
         format!(
             "namespace: fixture\nresources:\n  - workloads.yaml\ncomponents:\n  - {}\n",
             component.display()
-        ),
-    )
-    .expect("write fixture");
+        )
+    };
+    std::fs::write(dir.join("kustomization.yaml"), kustomization).expect("write fixture");
     let yaml = kustomize(&dir);
     let _ = std::fs::remove_dir_all(&dir);
     yaml
@@ -496,12 +501,32 @@ fn the_validator_is_strict_enough_to_reject_a_native_sidecar_under_1_27() {
 // The node agent
 
 #[test]
-fn the_default_install_is_the_base() {
+fn the_default_install_is_the_base_and_the_injector() {
     let renders = renders();
+    let key = |d: &Value| {
+        format!(
+            "{}/{}/{}",
+            d["kind"].as_str().unwrap_or_default(),
+            d["metadata"]["namespace"].as_str().unwrap_or_default(),
+            d["metadata"]["name"].as_str().unwrap_or_default()
+        )
+    };
+    let sorted = |docs: Vec<&Value>| {
+        let mut docs: Vec<(String, Value)> =
+            docs.into_iter().map(|d| (key(d), d.clone())).collect();
+        docs.sort_by(|a, b| a.0.cmp(&b.0));
+        docs
+    };
+    let parts = renders
+        .get("base")
+        .docs
+        .iter()
+        .chain(&renders.get("components/injector").docs)
+        .collect();
     assert_eq!(
-        renders.get(".").docs,
-        renders.get("base").docs,
-        "`kubectl apply -k deploy/` should install exactly deploy/base"
+        sorted(renders.get(".").docs.iter().collect()),
+        sorted(parts),
+        "`kubectl apply -k deploy/` should install exactly deploy/base and components/injector"
     );
 }
 
@@ -711,10 +736,12 @@ fn agent_rbac_is_get_list_watch_on_pods_and_nothing_else() {
                 kind,
                 "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding"
             ) {
-                assert_eq!(
-                    d["metadata"]["name"], "lattice-redirector",
-                    "{}: unexpected {kind}",
-                    r.name
+                assert!(
+                    d["metadata"]["name"] == "lattice-redirector"
+                        || d["metadata"]["name"] == "lattice-injector",
+                    "{}: unexpected {kind} {}",
+                    r.name,
+                    d["metadata"]["name"]
                 );
             }
         }
@@ -982,6 +1009,140 @@ fn sidecar_component_patches_only_labelled_workloads_and_goes_first() {
         list(untouched, "/spec/template/spec/initContainers").is_empty(),
         "a workload without the label got the sidecar"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The injector webhook
+
+#[test]
+fn injector_webhook_rbac_and_deployment_are_what_the_readme_says() {
+    let docs = &renders().get(".").docs;
+    let webhook = find(docs, "MutatingWebhookConfiguration", "lattice-injector");
+    let service = find(docs, "Service", "lattice-injector");
+    assert_eq!(service["metadata"]["namespace"], "lattice-egress");
+    let entries = list(webhook, "/webhooks");
+    let names: Vec<&str> = entries.iter().filter_map(|w| w["name"].as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "namespace.inject.lattice-egress.io",
+            "pod.inject.lattice-egress.io"
+        ]
+    );
+    for (w, path, ns_operator) in [
+        (&entries[0], "/mutate/namespace", "In"),
+        (&entries[1], "/mutate/pod", "NotIn"),
+    ] {
+        let what = str_at(w, "/name");
+        assert_eq!(w["failurePolicy"], "Fail", "{what}");
+        assert_eq!(w["sideEffects"], "None", "{what}");
+        assert_eq!(w["timeoutSeconds"], 5, "{what}");
+        assert_eq!(strings(&w["admissionReviewVersions"]), ["v1"], "{what}");
+        assert_eq!(w["reinvocationPolicy"], "IfNeeded", "{what}");
+        assert!(
+            w["clientConfig"].get("caBundle").is_none(),
+            "{what}: caBundle is published at run time"
+        );
+        let svc = &w["clientConfig"]["service"];
+        assert_eq!(svc["name"], service["metadata"]["name"], "{what}");
+        assert_eq!(svc["namespace"], "lattice-egress", "{what}");
+        assert_eq!(svc["path"], path, "{what}");
+        assert!(
+            list(service, "/spec/ports")
+                .iter()
+                .any(|p| p["port"] == svc["port"]),
+            "{what}: port {} not on the Service",
+            svc["port"]
+        );
+        let rules = list(w, "/rules");
+        assert_eq!(rules.len(), 1, "{what}");
+        assert_eq!(strings(&rules[0]["operations"]), ["CREATE"], "{what}");
+        assert_eq!(strings(&rules[0]["resources"]), ["pods"], "{what}");
+        let exprs = list(w, "/namespaceSelector/matchExpressions");
+        assert!(
+            exprs
+                .iter()
+                .any(|e| e["key"] == "kubernetes.io/metadata.name"
+                    && e["operator"] == "NotIn"
+                    && strings(&e["values"]) == ["kube-system", "lattice-egress"]),
+            "{what}: kube-system and lattice-egress must be excluded: {exprs:?}"
+        );
+        assert!(
+            exprs.iter().any(|e| e["key"] == "lattice-egress.io/inject"
+                && e["operator"] == ns_operator
+                && strings(&e["values"]) == ["enabled"]),
+            "{what}: the namespace label split: {exprs:?}"
+        );
+    }
+
+    // RBAC: get and patch of its own webhook configuration, by name, nothing else.
+    let role = find(docs, "ClusterRole", "lattice-injector");
+    let rules = list(role, "/rules");
+    assert_eq!(rules.len(), 1, "{}", role["rules"]);
+    assert_eq!(
+        strings(&rules[0]["apiGroups"]),
+        ["admissionregistration.k8s.io"]
+    );
+    assert_eq!(
+        strings(&rules[0]["resources"]),
+        ["mutatingwebhookconfigurations"]
+    );
+    assert_eq!(strings(&rules[0]["resourceNames"]), ["lattice-injector"]);
+    let verbs: BTreeSet<&str> = strings(&rules[0]["verbs"]).into_iter().collect();
+    assert_eq!(verbs, BTreeSet::from(["get", "patch"]));
+    let binding = find(docs, "ClusterRoleBinding", "lattice-injector");
+    assert_eq!(binding["roleRef"]["name"], "lattice-injector");
+    let subjects = list(binding, "/subjects");
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0]["name"], "lattice-injector");
+    assert_eq!(subjects[0]["namespace"], "lattice-egress");
+
+    // Two unprivileged replicas under a PodDisruptionBudget, serving the Service's port.
+    let d = find(docs, "Deployment", "lattice-injector");
+    assert_eq!(d["spec"]["replicas"], 2);
+    check_unprivileged("Deployment/lattice-injector", d);
+    let pod = at(d, "/spec/template/spec");
+    assert_eq!(pod["serviceAccountName"], "lattice-injector");
+    let c = container(pod, "containers", "lattice-injector");
+    assert_eq!(c["image"], INJECTOR_IMAGE);
+    let sc = &c["securityContext"];
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let args = strings(&c["args"]);
+    assert!(
+        args.contains(&"--webhook-config=lattice-injector"),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--service=lattice-injector"), "{args:?}");
+    let target = &list(service, "/spec/ports")[0]["targetPort"];
+    assert!(
+        list(c, "/ports").iter().any(|p| &p["name"] == target),
+        "the Service's targetPort {target} is not a container port"
+    );
+    let labels = &pod_labels(d);
+    assert_eq!(
+        &service["spec"]["selector"], labels,
+        "the Service selects the injector's pods"
+    );
+    let pdb = find(docs, "PodDisruptionBudget", "lattice-injector");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(&pdb["spec"]["selector"]["matchLabels"], labels);
+    // The settings file is mounted from the generated ConfigMap.
+    let cm = str_at(pod, "/volumes/0/configMap/name");
+    assert!(cm.starts_with("lattice-injector-settings-"), "{cm}");
+    let cm = find(docs, "ConfigMap", cm);
+    assert!(cm["data"]["injector.toml"]
+        .as_str()
+        .unwrap_or_default()
+        .contains(PROXY_IMAGE));
+}
+
+/// The labels the Service and the PodDisruptionBudget select the injector by.
+fn pod_labels(deployment: &Value) -> Value {
+    let labels = at(deployment, "/spec/template/metadata/labels");
+    serde_json::json!({"app.kubernetes.io/name": labels["app.kubernetes.io/name"]})
 }
 
 // ---------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ mod bench_proxy;
 mod bench_redirect;
 mod demo;
 mod ebpf;
+mod image;
 mod setup;
 mod test;
 mod vm;
@@ -28,6 +29,9 @@ enum Task {
     BuildEbpf(ebpf::BuildEbpf),
     /// The two-cluster VPC Lattice scenario with the emulator, allowed and denied calls.
     Demo(demo::Demo),
+    /// OCI images of the binaries (static), written without a daemon into target/images/;
+    /// `--check` verifies them with skopeo and umoci.
+    Image(image::Image),
     /// Run the whole test suite (needs root for the kernel tests).
     Test(test::Test),
     /// The redirector on the EKS 6.1 kernel line, booted with qemu.
@@ -55,6 +59,7 @@ fn main() {
     let result = match cli.task {
         Task::BuildEbpf(opts) => ebpf::run(&opts).map(|_| ()),
         Task::Demo(opts) => demo::run(&opts),
+        Task::Image(opts) => image::run(&opts),
         Task::Test(opts) => test::run(&opts),
         Task::VmTest(opts) => vm::run(&opts),
         Task::BenchLoop(opts) => bench_redirect::run_loop(&opts),

@@ -116,6 +116,14 @@ pub fn run(opts: &Test) -> Result<()> {
             );
             anyhow::bail!("{} test(s) failed{of} (see above)", this.failed);
         }
+        if run == 1 {
+            step("the OCI images: static builds, written twice, read by skopeo and umoci");
+            crate::image::run(&crate::image::Image {
+                check: true,
+                ..Default::default()
+            })
+            .context("the image check failed (see above); `cargo xtask image --check` reruns it")?;
+        }
         if !opts.no_vm {
             step(&format!(
                 "the redirector on Debian's 6.1 kernel (the EKS AL2023/Bottlerocket line), in qemu{of}"

@@ -886,12 +886,16 @@ fn the_proxy_is_ready_only_once_its_pod_is_enrolled() {
     let _agent = sb.agent(&[]);
     // The real sidecar, as the sidecar component runs it: the proxy's uid/gid, in a cgroup
     // that is not enrolled yet, its readiness waiting for the redirect check.
-    let proxy_bin = std::path::Path::new(support::AGENT).with_file_name("lattice-proxy");
+    let built = std::path::Path::new(support::AGENT).with_file_name("lattice-proxy");
     assert!(
-        proxy_bin.is_file(),
+        built.is_file(),
         "{} is missing: build it first (`cargo build --workspace --bins`; `cargo xtask test` does)",
-        proxy_bin.display()
+        built.display()
     );
+    // Run a copy beside the probe's: the checkout may live where only root may enter (a
+    // mktemp -d clone is 0700), and the proxy runs as its unprivileged uid.
+    let proxy_bin = sb.probe_exe.with_file_name("lattice-proxy");
+    std::fs::copy(&built, &proxy_bin).unwrap();
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(
         dir.path(),

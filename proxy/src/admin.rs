@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use crate::body::ProxyBody;
 use crate::credentials::CredentialsCache;
+use crate::error;
 use crate::redirect_check::RedirectCheck;
 
 /// What the admin endpoints report on.
@@ -55,11 +56,11 @@ impl AdminState {
                         (Ok(_), Ok(())) => text(StatusCode::OK, "ready\n".into()),
                         (Err(e), _) => text(
                             StatusCode::SERVICE_UNAVAILABLE,
-                            format!("not ready: {e}\n").replace(['\r'], ""),
+                            format!("not ready: {}\n", error::chain(&e)),
                         ),
                         (_, Err(why)) => text(
                             StatusCode::SERVICE_UNAVAILABLE,
-                            format!("not ready: {why}\n"),
+                            format!("not ready: {}\n", error::one_line(&why)),
                         ),
                     }
                 }
@@ -117,7 +118,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut stop: watch::Re
                 .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), svc);
             if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+                tracing::debug!(%peer, error = %error::chain(&e), "admin connection ended with an error");
             }
         });
     }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_config::BehaviorVersion;
+use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
 use aws_smithy_runtime_api::client::identity::Identity;
@@ -18,6 +19,7 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_types::region::Region;
 use tokio::sync::watch;
 
+use crate::error;
 use crate::metrics::{Metrics, RefreshLabels, RefreshResult};
 
 /// How long a single fetch from the chain may take.
@@ -219,11 +221,7 @@ async fn refresh_loop(
                     })
                     .inc();
                 let cause: Arc<str> = match failed {
-                    Ok(Err(e)) => format!(
-                        "the AWS credential provider chain failed: {}",
-                        DisplayErrorContext(&e)
-                    )
-                    .into(),
+                    Ok(Err(e)) => chain_failure(&e).into(),
                     _ => format!(
                         "the AWS credential provider chain gave no answer within {FETCH_TIMEOUT:?}"
                     )
@@ -263,6 +261,24 @@ async fn refresh_loop(
     }
 }
 
+/// Why the chain gave no credentials, in one line (readiness, 503 bodies, the warning); the
+/// chain's whole error, Debug form included, goes to the debug log only.
+fn chain_failure(e: &CredentialsError) -> String {
+    tracing::debug!(detail = %DisplayErrorContext(e), "the AWS credential provider chain's error");
+    let mut cause = format!(
+        "the AWS credential provider chain failed: {}",
+        error::chain(e)
+    );
+    if matches!(e, CredentialsError::CredentialsNotLoaded(_)) {
+        // No provider is configured at all (each one declined): say how to configure one.
+        cause.push_str(
+            "; give the pod an IAM role (EKS Pod Identity, or IRSA on its service account) \
+             or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        );
+    }
+    cause
+}
+
 fn secs_until(t: SystemTime) -> Duration {
     t.duration_since(SystemTime::now()).unwrap_or_default()
 }
@@ -294,8 +310,9 @@ pub async fn default_chain(
     // what that costs, and let the HTTP providers (Pod Identity, IMDS) and env work.
     let native = rustls_native_certs::load_native_certs();
     let trust = if native.certs.is_empty() {
+        let errors: Vec<String> = native.errors.iter().map(|e| error::chain(e)).collect();
         tracing::warn!(
-            errors = ?native.errors,
+            errors = %errors.join("; "),
             "no system CA certificates: credential providers that use HTTPS (STS, for IRSA) \
              cannot verify TLS; mount a CA bundle or set SSL_CERT_FILE (EKS Pod Identity, \
              IMDS and environment credentials need none)"
@@ -308,7 +325,10 @@ pub async fn default_chain(
         .tls_provider(tls::Provider::Rustls(CryptoMode::Ring));
     match TlsContext::builder().with_trust_store(trust).build() {
         Ok(ctx) => builder = builder.tls_context(ctx),
-        Err(e) => tracing::warn!("the credential providers' TLS settings: {e}"),
+        Err(e) => tracing::warn!(
+            error = %error::chain(&e),
+            "the credential providers' TLS settings could not be applied"
+        ),
     }
     let http = builder.build_https();
     let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
@@ -374,6 +394,29 @@ mod tests {
             worker.identity(),
             Err(CredentialsUnavailable::Failed(_))
         ));
+    }
+
+    /// The chain's error reads as one line; the hint is for a chain with nothing configured.
+    #[test]
+    fn chain_failures_read_as_one_line() {
+        let none = chain_failure(&CredentialsError::not_loaded(
+            "no credentials found in chain. Attempted:\n  Environment: not set\n  Profile: none",
+        ));
+        assert_eq!(
+            none,
+            "the AWS credential provider chain failed: the credential provider was not enabled: \
+             no credentials found in chain. Attempted: Environment: not set; Profile: none; \
+             give the pod an IAM role (EKS Pod Identity, or IRSA on its service account) or set \
+             AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        );
+        let denied = chain_failure(&CredentialsError::provider_error(
+            "AssumeRoleWithWebIdentity: AccessDenied",
+        ));
+        assert_eq!(
+            denied,
+            "the AWS credential provider chain failed: an error occurred while loading \
+             credentials: AssumeRoleWithWebIdentity: AccessDenied"
+        );
     }
 
     #[tokio::test]

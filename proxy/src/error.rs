@@ -4,6 +4,12 @@
 //! kind (sent in the `x-lattice-proxy-error` header and used as a metrics label) and a
 //! one-line text body that says what failed and what to do. Lattice's own answers (403
 //! AccessDeniedException and the rest) are not errors here: they pass through unchanged.
+//!
+//! What a person reads — a response body, the readiness text, a log line's `error` — is
+//! one line made by [`chain`]; an error's Debug form (or aws-smithy's `DisplayErrorContext`,
+//! which appends it) goes only to debug-level log events, as their `detail`.
+
+use std::error::Error;
 
 use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE};
 use http::{Response, StatusCode};
@@ -62,6 +68,47 @@ pub enum ProxyError {
         /// What hyper reported, with its sources.
         cause: String,
     },
+}
+
+/// `err` and its causes as one line a person reads: the texts of the [`Error::source`]
+/// chain joined by ": ", leaving out a cause whose text is already said before it (many
+/// wrappers print their source themselves), each text folded onto one line by
+/// [`one_line`]. Never a Debug form.
+pub fn chain(err: &dyn Error) -> String {
+    let mut line = one_line(&err.to_string());
+    // Bounded: a source chain is finite, but nothing makes it so.
+    for cause in std::iter::successors(err.source(), |&e| e.source()).take(32) {
+        let text = one_line(&cause.to_string());
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// `text` on one line: each line trimmed, empty ones dropped, and the rest joined by "; "
+/// (or by a space after a line that ends in punctuation, as in "Attempted:" lists).
+pub fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for part in text
+        .split(['\r', '\n'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
+        if !out.is_empty() {
+            out.push_str(if out.ends_with([':', ';', ',', '.']) {
+                " "
+            } else {
+                "; "
+            });
+        }
+        out.push_str(part);
+    }
+    out
 }
 
 /// Bounded set of error kinds, used as the `x-lattice-proxy-error` value and metrics label.
@@ -199,10 +246,8 @@ impl ProxyError {
     /// `Connection: close` when the request body may be left unread on the connection.
     pub fn to_response(&self) -> Response<ProxyBody> {
         let kind = self.kind();
-        let mut body = format!("lattice-proxy: {self}");
-        // One line: causes from deep inside (TLS, io) may carry newlines.
-        body = body.replace(['\r', '\n'], " ");
-        body.push('\n');
+        // One line: causes from deep inside (TLS, io, the credential chain) may carry newlines.
+        let body = format!("lattice-proxy: {}\n", chain(self));
         let mut resp = Response::new(ProxyBody::full(body));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
@@ -222,6 +267,68 @@ impl ProxyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A test error with an optional cause.
+    #[derive(Debug)]
+    struct E(&'static str, Option<Box<E>>);
+
+    impl std::fmt::Display for E {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl Error for E {
+        fn source(&self) -> Option<&(dyn Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    fn nest(texts: &[&'static str]) -> E {
+        let (first, rest) = texts.split_first().unwrap();
+        E(first, (!rest.is_empty()).then(|| Box::new(nest(rest))))
+    }
+
+    #[test]
+    fn a_chain_of_causes_is_joined() {
+        assert_eq!(chain(&nest(&["a", "b", "c"])), "a: b: c");
+        assert_eq!(chain(&nest(&["alone"])), "alone");
+    }
+
+    #[test]
+    fn a_cause_already_said_is_left_out() {
+        // A wrapper that prints its source (`#[error("{0}")]`, hyper's, io's), then the source.
+        let e = nest(&[
+            "connection error: broken pipe",
+            "broken pipe",
+            "os error 32",
+        ]);
+        assert_eq!(chain(&e), "connection error: broken pipe: os error 32");
+        let e = nest(&[
+            "client error (Connect)",
+            "client error (Connect)",
+            "dns failed",
+        ]);
+        assert_eq!(chain(&e), "client error (Connect): dns failed");
+    }
+
+    #[test]
+    fn no_line_break_survives() {
+        // The shape of aws-config's ProviderChainError, under a CredentialsError.
+        let e = nest(&[
+            "the credential provider was not enabled",
+            "no credentials found in chain. Attempted:\n  Environment: not set\r\n  Profile: none\n",
+            "deep\ncause",
+        ]);
+        let line = chain(&e);
+        assert!(!line.contains(['\n', '\r']), "{line:?}");
+        assert_eq!(
+            line,
+            "the credential provider was not enabled: no credentials found in chain. \
+             Attempted: Environment: not set; Profile: none: deep; cause"
+        );
+        assert_eq!(one_line("\n\n"), "");
+    }
 
     #[test]
     fn responses_carry_status_kind_and_one_line() {

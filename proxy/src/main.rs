@@ -51,7 +51,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
+            tracing::error!("{}", lattice_proxy::error::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

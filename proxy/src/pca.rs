@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::body::ProxyBody;
 use crate::credentials::CredentialsCache;
+use crate::error;
 use crate::sign::{hex, PayloadMode, Signer};
 use crate::upstream::UpstreamClient;
 
@@ -172,13 +173,17 @@ impl PrivateCa {
             .await
             .map_err(|_| fail("no response within 30s".into()))?
             .map_err(|e| {
-                fail(aws_smithy_types::error::display::DisplayErrorContext(&e).to_string())
+                tracing::debug!(
+                    detail = %aws_smithy_types::error::display::DisplayErrorContext(&e),
+                    "the ACM PCA call failed"
+                );
+                fail(error::chain(&e))
             })?;
         let status = resp.status();
         let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
             .collect()
             .await
-            .map_err(|e| fail(format!("reading the response: {e}")))?
+            .map_err(|e| fail(format!("reading the response: {}", error::chain(&*e))))?
             .to_bytes();
         if !status.is_success() {
             return Err(fail(format!(

@@ -20,7 +20,7 @@ use crate::allow::{AllowList, Refusal};
 use crate::body::ProxyBody;
 use crate::credentials::WorkerCredentials;
 use crate::deadline::Deadlines;
-use crate::error::ProxyError;
+use crate::error::{self, ProxyError};
 use crate::metrics::Metrics;
 use crate::pool::{Names, Pool, PoolError};
 use crate::redirect_check;
@@ -201,10 +201,11 @@ impl Proxy {
             Ok(resp) => (resp, None),
             Err(err) => {
                 let kind = err.kind();
+                let why = error::chain(&err);
                 if kind.is_upstream() || matches!(err, ProxyError::NoCredentials(_)) {
-                    tracing::warn!(client = %conn.client, %method, %path, error = %err, kind = kind.as_str(), "request failed");
+                    tracing::warn!(client = %conn.client, %method, %path, error = %why, kind = kind.as_str(), "request failed");
                 } else {
-                    tracing::info!(client = %conn.client, %method, %path, error = %err, kind = kind.as_str(), "request refused");
+                    tracing::info!(client = %conn.client, %method, %path, error = %why, kind = kind.as_str(), "request refused");
                 }
                 (err.to_response(), Some(kind))
             }
@@ -353,10 +354,11 @@ impl Proxy {
             }
             Ok(Err(PoolError::Connect(e))) => return Err(ProxyError::Connect(e)),
             Ok(Err(e)) => {
+                tracing::debug!(host = %route.host, detail = %DisplayErrorContext(&e), "upstream failure");
                 return Err(ProxyError::Upstream {
                     host: route.host.clone(),
-                    cause: DisplayErrorContext(&e).to_string(),
-                })
+                    cause: error::chain(&e),
+                });
             }
             Ok(Ok(resp)) => resp,
         };
@@ -427,7 +429,7 @@ async fn read_payload(
     let bytes = Limited::new(body, limit as usize)
         .collect()
         .await
-        .map_err(|e| ProxyError::RequestBody(e.to_string()))?
+        .map_err(|e| ProxyError::RequestBody(error::chain(&*e)))?
         .to_bytes();
     let hash = hex(&Sha256::digest(&bytes));
     Ok((Request::from_parts(parts, ProxyBody::full(bytes)), hash))

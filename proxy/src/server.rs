@@ -21,6 +21,7 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::credentials::CredentialsCache;
 use crate::deadline::Deadlines;
+use crate::error;
 use crate::metrics::Metrics;
 use crate::orig_dst;
 use crate::pool::Pool;
@@ -455,7 +456,7 @@ impl Connections {
         tokio::spawn(
             async move {
                 if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "client connection ended with an error");
+                    tracing::debug!(error = %error::chain(&*e), "client connection ended with an error");
                 }
                 metrics.client_connections_open.dec();
                 if let Some(open) = open {

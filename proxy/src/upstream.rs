@@ -347,8 +347,17 @@ pub fn describe_tls_error(err: &io::Error) -> String {
         rustls::Error::InvalidCertificate(
             CertificateError::Expired | CertificateError::ExpiredContext { .. },
         ) => "certificate verification failed: the certificate has expired".into(),
+        rustls::Error::InvalidCertificate(
+            CertificateError::UnsupportedSignatureAlgorithmContext { .. }
+            | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. },
+        ) => "certificate verification failed: the certificate is signed with an algorithm rustls does not support".into(),
+        // Its Display is the Debug form: the verifier's own error says it better.
+        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+            format!("certificate verification failed: {other}")
+        }
+        // Display, not Debug: the *Context variants say which name, time or purpose.
         rustls::Error::InvalidCertificate(other) => {
-            format!("certificate verification failed: {other:?}")
+            format!("certificate verification failed: {other}")
         }
         other => other.to_string(),
     }
@@ -455,4 +464,36 @@ pub fn client(cfg: &UpstreamConfig, connector: Connector) -> UpstreamClient {
         // the default port exactly as aws-sigv4 does when it derives the signed host.
         .set_host(true)
         .build(connector)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls_failure(e: CertificateError) -> String {
+        let err = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(e),
+        );
+        describe_tls_error(&err)
+    }
+
+    /// Verifier failures read as words, never as rustls's Debug forms.
+    #[test]
+    fn certificate_failures_read_as_words() {
+        let other = rustls::OtherError(Arc::new(io::Error::other("OCSP responder said revoked")));
+        assert_eq!(
+            tls_failure(CertificateError::Other(other)),
+            "certificate verification failed: OCSP responder said revoked"
+        );
+        let unsupported = tls_failure(CertificateError::UnsupportedSignatureAlgorithmContext {
+            signature_algorithm_id: vec![1, 2, 3],
+            supported_algorithms: Vec::new(),
+        });
+        assert!(!unsupported.contains(['{', '[']), "{unsupported}");
+        assert_eq!(
+            tls_failure(CertificateError::UnknownIssuer),
+            "certificate verification failed: unknown issuer; add the private CA with --ca-file"
+        );
+    }
 }

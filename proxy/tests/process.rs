@@ -64,6 +64,25 @@ async fn fails_closed_without_credentials() {
         up.seen().is_empty(),
         "an unsigned request reached the upstream"
     );
+    // The real chain's error reads as one line everywhere a person sees it: the answer, the
+    // readiness text and the info-level log; its Debug form is for debug logs only.
+    let (_, ready) = admin_get(p.admin, "/readyz").await;
+    assert_eq!(ready.lines().count(), 1, "{ready}");
+    let logs = p.logs();
+    for text in [&body, &ready] {
+        assert!(
+            !text.contains('{') && !text.contains("CredentialsNotLoaded"),
+            "{text}"
+        );
+    }
+    // JSON lines (so `{` is everywhere); info level, so no detail.
+    assert!(!logs.contains("CredentialsNotLoaded"), "{logs}");
+    assert!(
+        logs.contains(
+            "Ec2InstanceMetadata: the credential provider was not enabled: IMDS disabled"
+        ),
+        "{logs}"
+    );
 }
 
 #[tokio::test]

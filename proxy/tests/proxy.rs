@@ -942,3 +942,87 @@ async fn readiness_waits_for_the_redirect() {
     server.abort();
     p.shutdown().await;
 }
+
+/// A provider of the chain that is not configured, answering as aws-config's own do.
+#[derive(Debug)]
+struct NotConfigured(&'static str);
+
+impl aws_credential_types::provider::ProvideCredentials for NotConfigured {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::ready(Err(
+            aws_credential_types::provider::error::CredentialsError::not_loaded(self.0),
+        ))
+    }
+}
+
+/// With no provider configured, the 503 and /readyz say so in one line a person reads —
+/// which providers were tried, why each declined, what to do — never the chain's Debug form.
+#[tokio::test]
+async fn without_credentials_the_answers_are_one_readable_line() {
+    let up = Upstream::start().await;
+    let chain = aws_config::meta::credentials::CredentialsProviderChain::first_try(
+        "Environment",
+        NotConfigured("environment variable not set"),
+    )
+    .or_else(
+        "WebIdentityToken",
+        NotConfigured("$AWS_WEB_IDENTITY_TOKEN_FILE was not set"),
+    )
+    .or_else("EcsContainer", NotConfigured("ECS provider not configured"));
+    let p = lattice_proxy::server::start(
+        config(&up, &[]),
+        aws_credential_types::provider::SharedCredentialsProvider::new(chain),
+    )
+    .await
+    .unwrap();
+    p.credentials().first_fetch_done().await;
+
+    let (status, ready) = admin_get(p.admin_addr(), "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert!(
+        ready.starts_with("not ready: the AWS credential provider chain failed: "),
+        "{ready}"
+    );
+    let (status, headers, body) = send(p.proxy_addrs()[0], "GET", HOST, "/x", b"").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(headers[ERROR_HEADER], "no-credentials");
+    assert!(
+        body.starts_with("lattice-proxy: no AWS credentials, request not forwarded: "),
+        "{body}"
+    );
+    for text in [&ready, &body] {
+        let line = text
+            .strip_suffix('\n')
+            .unwrap_or_else(|| panic!("no final newline: {text:?}"));
+        assert!(!line.contains(['\n', '\r']), "more than one line: {text:?}");
+        for dump in [
+            "{",
+            "Error {",
+            "source:",
+            "DisplayErrorContext",
+            "ProviderError",
+            "CredentialsNotLoaded",
+            "Some(",
+        ] {
+            assert!(!line.contains(dump), "{dump:?} in {line}");
+        }
+        for cause in [
+            "Attempted: Environment: the credential provider was not enabled: environment variable not set; WebIdentityToken: ",
+            "EcsContainer: the credential provider was not enabled: ECS provider not configured",
+            "EKS Pod Identity",
+            "AWS_ACCESS_KEY_ID",
+        ] {
+            assert!(line.contains(cause), "{cause:?} missing from {line}");
+        }
+    }
+    assert!(
+        up.seen().is_empty(),
+        "an unsigned request reached the upstream"
+    );
+    p.shutdown().await;
+}

@@ -63,6 +63,8 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
+        // Colours only on a terminal: a log file or a container log gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
@@ -118,7 +120,10 @@ async fn run(args: Args, settings: Settings) -> anyhow::Result<()> {
     let admin = TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("cannot listen on {}", args.admin))?;
-    tracing::info!(listen = %args.listen, admin = %args.admin, service = %args.service,
+    // The bound addresses (a port 0 in the flags becomes the one the kernel picked).
+    let listen = webhook.local_addr().unwrap_or(args.listen);
+    let admin_addr = admin.local_addr().unwrap_or(args.admin);
+    tracing::info!(%listen, admin = %admin_addr, service = %args.service,
         namespace = %args.namespace, "lattice-injector serving");
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve::serve_tls(webhook, tls, state.clone()));

@@ -32,7 +32,8 @@
 //! Kubernetes mode, one per cluster, as deploy/base/daemonset.yaml starts it:
 //!
 //! ```text
-//!  <cgroup2>/<p>/node        emulator, demo-kube-api ×2 (127.0.0.1), lattice-redirector ×2
+//!  <cgroup2>/<p>/node        emulator, demo-kube-api ×2, lattice-injector ×2 (127.0.0.1),
+//!                            lattice-redirector ×2
 //!  <cgroup2>/<p>/cluster1    kubelet cgroupRoot, systemd driver; agent 1 attaches here
 //!    kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid_>.slice/
 //!      cri-containerd-<id>.scope     lattice-proxy (native sidecar)
@@ -41,10 +42,14 @@
 //!    kubepods/burstable/pod<uid>/<id>   lattice-proxy, the app
 //! ```
 //!
-//! The pods are built from the rendered deploy/examples/seed Deployments ([`kube`]); each
-//! cluster's Pods are served by a `demo-kube-api` process (a [`crate::kube_api`] fake API
-//! server); each pod is started in a kubelet's order: the Pod is in the API first, then its
-//! cgroups appear, then (once the agent has enrolled it) the proxy starts, then the app.
+//! The pods are built from the rendered deploy/examples/seed Deployments ([`kube`]), which
+//! have no sidecar; each cluster's objects are served by a `demo-kube-api` process (a
+//! [`crate::kube_api`] fake API server with mutating admission), to which the demo applies
+//! the rendered Namespaces and MutatingWebhookConfiguration, and where lattice-injector,
+//! started as its Deployment says, publishes its CA; the ReplicaSet controller's pod is
+//! created through the webhook, which adds lattice-proxy. Each pod is then started in a
+//! kubelet's order: the Pod is in the API first, then its cgroups appear, then (once the
+//! agent has enrolled it) the proxy starts, then the app.
 
 use std::{
     ffi::CString,
@@ -135,6 +140,8 @@ pub struct Binaries {
     pub app: PathBuf,
     /// `demo-kube-api` (the Kubernetes variant's API servers).
     pub kube_api: PathBuf,
+    /// `lattice-injector` (the Kubernetes variant's admission webhook).
+    pub injector: PathBuf,
 }
 
 impl Binaries {
@@ -147,6 +154,7 @@ impl Binaries {
             emulator: dir.join("lattice-emulator"),
             app: dir.join("demo-app"),
             kube_api: dir.join("demo-kube-api"),
+            injector: dir.join("lattice-injector"),
         };
         let missing: Vec<String> = [
             &bins.redirector,
@@ -154,6 +162,7 @@ impl Binaries {
             &bins.emulator,
             &bins.app,
             &bins.kube_api,
+            &bins.injector,
         ]
         .iter()
         .filter(|p| !p.is_file())
@@ -162,7 +171,7 @@ impl Binaries {
         if !missing.is_empty() {
             bail!(
                 "missing {}: build them with `cargo build -p lattice-redirector -p lattice-proxy \
-                 -p lattice-tests --bins` (the redirector needs `cargo xtask build-ebpf` first), \
+                 -p lattice-injector -p lattice-tests --bins` (the redirector needs `cargo xtask build-ebpf` first), \
                  or run `cargo xtask demo`, which does all of it",
                 missing.join(", ")
             );
@@ -510,7 +519,14 @@ pub struct Scenario {
 #[derive(Debug)]
 struct KubeCluster {
     kubelet: kube::Kubelet,
-    pod: kube::PodPlan,
+    /// The pod the ReplicaSet controller creates.
+    request: kube::PodRequest,
+    /// The seed's Namespace of that pod (its labels opt it in to the injector).
+    namespace: serde_json::Value,
+    /// The pod as admitted and run, once created.
+    pod: Option<kube::PodPlan>,
+    /// The injector's /metrics, once started.
+    injector_admin: Option<SocketAddr>,
     /// The control port of its `demo-kube-api`, once started.
     api: Option<kube::ApiControl>,
     /// The API server's URL (what the agent's kubeconfig names).
@@ -580,28 +596,33 @@ impl Scenario {
     /// The name of a cluster's app pod (what the app answers with).
     pub fn pod_name(&self, c: Cluster) -> String {
         match self.kube_cluster(c) {
-            Some(k) => k.pod.name.clone(),
+            Some(k) => k.request.name.clone(),
             None => c.pod_name(),
         }
     }
 
-    /// A cluster's pod as built from its Deployment (Kubernetes variant).
+    /// A cluster's pod as admitted and run (Kubernetes variant).
     pub fn pod(&self, c: Cluster) -> Option<&kube::PodPlan> {
-        self.kube_cluster(c).map(|k| &k.pod)
+        self.kube_cluster(c).and_then(|k| k.pod.as_ref())
+    }
+
+    /// The /metrics address of a cluster's lattice-injector (Kubernetes variant).
+    pub fn injector_admin(&self, c: Cluster) -> Option<SocketAddr> {
+        self.kube_cluster(c).and_then(|k| k.injector_admin)
     }
 
     /// The cgroup the app of cluster `c` runs in: its own (`<p>/clusterN/app`), or its
     /// container's under the pod cgroup in the Kubernetes variant.
     pub fn app_cgroup(&self, c: Cluster) -> PathBuf {
-        match self.kube_cluster(c) {
-            Some(k) => k.pod.app.cgroup.clone(),
+        match self.pod(c) {
+            Some(pod) => pod.app.cgroup.clone(),
             None => self.names.cgroup(c, "app"),
         }
     }
 
     fn proxy_cgroup(&self, c: Cluster) -> PathBuf {
-        match self.kube_cluster(c) {
-            Some(k) => k.pod.proxy.cgroup.clone(),
+        match self.pod(c) {
+            Some(pod) => pod.proxy.cgroup.clone(),
             None => self.names.cgroup(c, "proxy"),
         }
     }
@@ -616,13 +637,17 @@ impl Scenario {
             .context("this scenario does not run the Kubernetes variant")
     }
 
-    /// The apps and proxies run as uid 1000 and 1337, which may not enter the build's
+    /// The apps, proxies and injectors run as uid 1000, 1337 and 65532, which may not enter the build's
     /// directory (a checkout under /root): they run copies in the state directory.
     fn stage_binaries(&mut self) -> Result<()> {
         let dir = self.settings.state_dir.join("bin");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         set_mode(&dir, 0o755)?;
-        for bin in [&mut self.settings.bins.proxy, &mut self.settings.bins.app] {
+        for bin in [
+            &mut self.settings.bins.proxy,
+            &mut self.settings.bins.app,
+            &mut self.settings.bins.injector,
+        ] {
             let name = bin.file_name().context("a binary path has a file name")?;
             let copy = dir.join(name);
             std::fs::copy(&*bin, &copy)
@@ -655,7 +680,7 @@ impl Scenario {
         let pods = CLUSTERS.map(|c| PodRef {
             name: self.pod_name(c),
             uid: match self.kube_cluster(c) {
-                Some(k) => k.pod.uid.clone(),
+                Some(k) => k.request.uid.clone(),
                 None => config_pod_uid(c).to_owned(),
             },
         });
@@ -773,8 +798,9 @@ impl Scenario {
         Ok(())
     }
 
-    /// Renders the seed's Deployments and the agent's install (deploy/), and plans each
-    /// cluster's pod; returns the install's objects.
+    /// Renders the seed's Deployments and the install (deploy/: the agent and the injector),
+    /// and makes each cluster's pod request (name and uid, before admission); returns the
+    /// install's objects.
     fn plan_pods(&mut self, deploy_dir: &Path) -> Result<Vec<serde_json::Value>> {
         let seed = deploy_dir.join("examples/seed");
         step(&format!(
@@ -785,41 +811,23 @@ impl Scenario {
         for c in CLUSTERS {
             let objects = kube::kustomize(&seed.join(c.name()))?;
             let deployment = kube::find(&objects, "Deployment", &c.version())?;
-            let kubelet = kube::Kubelet {
-                driver: c.kubelet_driver(),
-                root: self.names.kubelet_root(c),
-            };
-            let pod = kube::PodPlan::from_deployment(deployment, &c.node_name(), POD_IP, &kubelet)?;
-            for (container, want) in [(&pod.app, APP_GID), (&pod.proxy, PROXY_GID)] {
-                if (container.uid, container.gid) != (want, want) {
-                    bail!(
-                        "container {} of {} runs as uid {} gid {}, the demo expects {want}: \
-                         the agent's redirect-gids/proxy-gid (deploy/base/redirector.toml) and \
-                         the demo's checks are written for the seed's values",
-                        container.name,
-                        c.version(),
-                        container.uid,
-                        container.gid
-                    );
-                }
-            }
-            step(&format!(
-                "{}: pod {}/{} (uid {}) from Deployment {} (one replica: one pod address per \
-                 cluster), QoS class {} ({}), on node {}",
-                c.name(),
-                pod.namespace,
-                pod.name,
-                pod.uid,
-                c.version(),
-                pod.qos.as_str(),
-                pod.qos_reason,
-                c.node_name()
-            ));
+            let request = kube::PodRequest::from_deployment(deployment, &c.node_name())?;
+            let namespace = kube::find(&objects, "Namespace", &request.namespace)?.clone();
             let file = self.settings.state_dir.join(c.name()).join("pod.json");
-            write_file(&file, &serde_json::to_string_pretty(&pod.object)?, 0o644)?;
+            write_file(
+                &file,
+                &serde_json::to_string_pretty(&request.object)?,
+                0o644,
+            )?;
             self.kube.push(KubeCluster {
-                kubelet,
-                pod,
+                kubelet: kube::Kubelet {
+                    driver: c.kubelet_driver(),
+                    root: self.names.kubelet_root(c),
+                },
+                request,
+                namespace,
+                pod: None,
+                injector_admin: None,
                 api: None,
                 api_url: String::new(),
                 agent_log: PathBuf::new(),
@@ -899,16 +907,34 @@ impl Scenario {
             .find_map(|w| w.strip_prefix("api=").map(str::to_owned))
             .unwrap_or_default();
         let kubeconfig = api_dir.join("kubeconfig");
+        let api = kube::ApiControl { addr: control };
+        let app_namespace = self.kube_cluster_mut(c)?.namespace.clone();
+        let install_namespace = kube::find(base, "Namespace", "lattice-egress")?;
+        let webhooks = kube::find(base, "MutatingWebhookConfiguration", "lattice-injector")?;
+        step(&format!(
+            "{}: `kubectl apply` of Namespaces lattice-egress and {} (labels {}) and of \
+             MutatingWebhookConfiguration lattice-injector (no caBundle yet)",
+            c.name(),
+            app_namespace["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default(),
+            app_namespace["metadata"]["labels"]
+        ));
+        for object in [install_namespace, &app_namespace, webhooks] {
+            api.put(object)?;
+        }
+        self.start_injector(c, base, &api, &kubeconfig)?;
 
-        let invocation = kube::AgentInvocation::from_daemonset(
+        let invocation = kube::Invocation::from_workload(
             daemonset,
+            "lattice-redirector",
             base,
-            &kube::AgentHost {
+            &kube::PodHost {
                 volumes_dir: &state.join("agent-volumes"),
                 cgroup2: self.names.cgroup2(),
                 node_name: &c.node_name(),
                 pod_uid: &kube::random_uid(),
-                admin_addr: "127.0.0.1:0",
+                addresses: &[("--admin-addr", "127.0.0.1:0")],
             },
         )?;
         let attach = self.names.kubelet_root(c);
@@ -965,34 +991,160 @@ impl Scenario {
                     .and_then(|a| a.parse::<SocketAddr>().ok())
             });
         let k = self.kube_cluster_mut(c)?;
-        k.api = Some(kube::ApiControl { addr: control });
+        k.api = Some(api);
         k.api_url = api_url;
         k.agent_log = log;
         k.agent_admin = admin;
         Ok(())
     }
 
-    /// Starts the pod of cluster `c` as a kubelet does: the Pod exists in the API before its
-    /// cgroups; the agent enrolls the pod cgroup; the native sidecar starts and its readiness
-    /// (the startupProbe) gates the app.
+    /// lattice-injector as its Deployment runs it (one replica per cluster), its caBundle
+    /// published through the API server, then its Service and Endpoints (what the endpoints
+    /// controller writes once the pod is ready), so that the API server can call it.
+    fn start_injector(
+        &mut self,
+        c: Cluster,
+        base: &[serde_json::Value],
+        api: &kube::ApiControl,
+        kubeconfig: &Path,
+    ) -> Result<()> {
+        let deployment = kube::find(base, "Deployment", "lattice-injector")?;
+        let state = self.settings.state_dir.join(c.name());
+        let invocation = kube::Invocation::from_workload(
+            deployment,
+            "lattice-injector",
+            base,
+            &kube::PodHost {
+                volumes_dir: &state.join("injector-volumes"),
+                cgroup2: self.names.cgroup2(),
+                node_name: &c.node_name(),
+                pod_uid: &kube::random_uid(),
+                addresses: &[("--listen", "127.0.0.1:0"), ("--admin", "127.0.0.1:0")],
+            },
+        )?;
+        let pod_spec = &deployment["spec"]["template"]["spec"];
+        let user = pod_spec["securityContext"]["runAsUser"]
+            .as_u64()
+            .and_then(|u| u32::try_from(u).ok())
+            .context("the injector's Deployment names no runAsUser")?;
+        set_mode(&state.join("injector-volumes"), 0o755)?;
+        step(&format!(
+            "{}: lattice-injector {} (as deploy/components/injector/deployment.yaml starts it, \
+             uid/gid {user}), with:",
+            c.name(),
+            invocation.original_args.join(" ")
+        ));
+        for note in &invocation.notes {
+            eprintln!("      {note}");
+        }
+        eprintln!(
+            "      + KUBECONFIG={} (in place of the pod's service account)",
+            kubeconfig.display()
+        );
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--reuid",
+            &user.to_string(),
+            "--regid",
+            &user.to_string(),
+            "--clear-groups",
+        ])
+        .arg(&self.settings.bins.injector)
+        .args(&invocation.args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("RUST_LOG", "info")
+        .envs(invocation.env.iter().map(|(k, v)| (k, v)))
+        .env("KUBECONFIG", kubeconfig);
+        let name = format!("{}-injector", c.name());
+        let log = self.spawn(&name, cmd, &self.names.node_cgroup(), false)?;
+        let line = self.wait_for_line(&name, &log, &["lattice-injector serving"])?;
+        let field = |key: &str| -> Result<SocketAddr> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(|a| a.parse().ok())
+                .with_context(|| format!("no {key}ADDR in the injector's line: {line}"))
+        };
+        let (webhook, admin) = (field("listen=")?, field("admin=")?);
+        let line = self.wait_for_line(&name, &log, &["published this replica's CA"])?;
+        eprintln!("      {}", log_message(&line));
+
+        let service = kube::find(base, "Service", "lattice-injector")?;
+        let port_name = service["spec"]["ports"][0]["name"]
+            .as_str()
+            .context("the injector's Service port has no name")?;
+        let endpoints = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Endpoints",
+            "metadata": {"name": "lattice-injector", "namespace": "lattice-egress"},
+            "subsets": [{
+                "addresses": [{"ip": webhook.ip().to_string()}],
+                "ports": [{"name": port_name, "port": webhook.port(), "protocol": "TCP"}],
+            }],
+        });
+        step(&format!(
+            "{}: the injector is ready: Service lattice-egress/lattice-injector and its \
+             Endpoints {webhook} (where the API server calls the webhook)",
+            c.name()
+        ));
+        api.put(service)?;
+        api.put(&endpoints)?;
+        self.kube_cluster_mut(c)?.injector_admin = Some(admin);
+        Ok(())
+    }
+
+    /// Starts the pod of cluster `c` as a kubelet does: the ReplicaSet controller creates the
+    /// Pod, lattice-injector adds the sidecar during admission; the Pod exists in the API
+    /// before its cgroups; the agent enrolls the pod cgroup; the native sidecar starts and its
+    /// readiness (the startupProbe) gates the app.
     fn start_pod(&mut self, c: Cluster, ca: &Path) -> Result<()> {
         let k = self.kube_cluster_mut(c)?;
-        let (pod, api, log) = (
-            k.pod.clone(),
+        let (request, api, log, kubelet) = (
+            k.request.clone(),
             k.api.clone().context("the API server is not started")?,
             k.agent_log.clone(),
+            k.kubelet.clone(),
         );
         let agent = format!("{}'s lattice-redirector", c.name());
-        let key = format!("pod={}/{}", pod.namespace, pod.name);
+        let key = format!("pod={}/{}", request.namespace, request.name);
         step(&format!(
-            "{}: the ReplicaSet controller creates pod {}/{} in the API server (spec.nodeName \
-             {}); kubelet has not made its cgroup yet",
+            "{}: the ReplicaSet controller creates pod {}/{} (spec.nodeName {}; containers: {}; \
+             no sidecar in the template); the API server sends it to the admission webhooks",
             c.name(),
-            pod.namespace,
-            pod.name,
-            c.node_name()
+            request.namespace,
+            request.name,
+            c.node_name(),
+            container_names(&request.object)
         ));
-        api.apply(&pod.object)?;
+        let created = api.create(&request.object)?;
+        for call in &created.calls {
+            eprintln!("      webhook {call}");
+        }
+        for warning in &created.warnings {
+            eprintln!("      warning: {warning}");
+        }
+        let pod = kube::PodPlan::from_admitted(&created.object, POD_IP, &kubelet)?;
+        for (container, want) in [(&pod.app, APP_GID), (&pod.proxy, PROXY_GID)] {
+            if (container.uid, container.gid) != (want, want) {
+                bail!(
+                    "container {} of {} runs as uid {} gid {}, the demo expects {want}: \
+                     the agent's redirect-gids/proxy-gid (deploy/base/redirector.toml) and \
+                     the demo's checks are written for the seed's values",
+                    container.name,
+                    c.version(),
+                    container.uid,
+                    container.gid
+                );
+            }
+        }
+        eprintln!(
+            "      stored with containers: {}; QoS class {} ({}); kubelet has not made its \
+             cgroup yet",
+            container_names(&created.object),
+            pod.qos.as_str(),
+            pod.qos_reason
+        );
+        self.kube_cluster_mut(c)?.pod = Some(pod.clone());
         let line = self.wait_for_line(&agent, &log, &["pod waits for its cgroup", &key])?;
         eprintln!("      the agent saw the pod first: {}", log_message(&line));
 
@@ -1021,7 +1173,7 @@ impl Scenario {
         self.spawn_proxy(c, ca)?;
         self.wait_ready(c)?;
         self.start_app(c)?;
-        api.apply(&pod.running_object())
+        api.update(&pod.running_object())
             .context("kubelet's status update of the pod")?;
         Ok(())
     }
@@ -1319,7 +1471,7 @@ impl Scenario {
         let (from, to) = (CLUSTERS[0], CLUSTERS[1]);
         let k = self.kube_cluster_mut(from)?;
         let (pod, api, log, admin) = (
-            k.pod.clone(),
+            k.pod.clone().context("the pod is not started")?,
             k.api.clone().context("the API server is not started")?,
             k.agent_log.clone(),
             k.agent_admin
@@ -1437,7 +1589,7 @@ impl Scenario {
             let _ = writeln!(
                 s,
                 "  curl -sS -X DELETE {api}/api/v1/namespaces/{}/pods/{}   # delete the pod",
-                k.pod.namespace, k.pod.name
+                k.request.namespace, k.request.name
             );
             let _ = writeln!(
                 s,
@@ -1448,7 +1600,7 @@ impl Scenario {
                     .join(c.name())
                     .join("pod.json")
                     .display(),
-                k.pod.namespace
+                k.request.namespace
             );
             if let Some(admin) = k.agent_admin {
                 let _ = writeln!(
@@ -1497,6 +1649,28 @@ fn agent_counters(admin: SocketAddr) -> Result<(u64, u64)> {
 }
 
 /// A tracing log line without its timestamp and level (for quoting the agent).
+/// The pod's init containers (native sidecars marked) and containers, for the steps.
+fn container_names(pod: &serde_json::Value) -> String {
+    let names = |list: &str, sidecar: bool| -> Vec<String> {
+        pod["spec"][list]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| {
+                let name = c["name"].as_str()?;
+                Some(if sidecar && c["restartPolicy"] == "Always" {
+                    format!("{name} (native sidecar)")
+                } else {
+                    name.to_owned()
+                })
+            })
+            .collect()
+    };
+    let mut all = names("initContainers", true);
+    all.extend(names("containers", false));
+    all.join(", ")
+}
+
 fn log_message(line: &str) -> &str {
     line.find(": ")
         .map(|i| &line[i + 2..])
@@ -2060,6 +2234,7 @@ mod tests {
                         emulator: PathBuf::new(),
                         app: PathBuf::new(),
                         kube_api: PathBuf::new(),
+                        injector: PathBuf::new(),
                     },
                     mode: Mode::Config,
                 },

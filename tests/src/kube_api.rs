@@ -46,8 +46,12 @@
 //! are refused with 400 like the real server does. Label selectors: `k=v`, `k==v`, `k!=v`,
 //! `k in (a,b)`, `k notin (a,b)`, `k`, `!k`.
 
+mod admission;
+pub mod objects;
 mod selector;
 mod store;
+
+pub use admission::Admitted;
 
 use std::{
     collections::VecDeque,
@@ -64,7 +68,7 @@ use std::{
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{Either, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body as HttpBody, Frame, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
@@ -205,12 +209,7 @@ impl FakeApiServer {
     /// If `pod` is not a Pod object with a `metadata.name`, or if an update names another
     /// uid (delete the pod first to recreate it).
     pub fn apply(&self, pod: Value) -> Value {
-        let now = time::OffsetDateTime::now_utc()
-            .replace_nanosecond(0)
-            .expect("0 ns is valid")
-            .format(&time::format_description::well_known::Rfc3339)
-            .expect("RFC 3339 formats a UTC time");
-        self.shared.store().apply(pod, &now)
+        self.shared.store().apply(pod, &now())
     }
 
     /// Deletes a pod at once (as a deletion with grace period 0 ends) and returns the object
@@ -224,6 +223,64 @@ impl FakeApiServer {
     /// The pod as stored.
     pub fn get(&self, namespace: &str, name: &str) -> Option<Value> {
         self.shared.store().get(namespace, name)
+    }
+
+    /// Creates a pod as a client's `POST` does: mutating admission first (the webhooks of
+    /// the MutatingWebhookConfigurations [put](Self::put_object) here, called as
+    /// `admission` describes), then what the API server does to a created pod
+    /// ([`crate::demo::kube::prepare_for_create`]: requests defaulted, `status.qosClass`),
+    /// then the store (watches see ADDED). 409 `AlreadyExists` when the pod exists;
+    /// admission's refusals as the real server words them.
+    pub async fn create_pod(&self, mut pod: Value) -> Result<Admitted, Refused> {
+        let namespace = pod["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_owned();
+        pod["metadata"]["namespace"] = json!(namespace);
+        let name = pod["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let snapshot = {
+            let store = self.shared.store();
+            if store.get(&namespace, &name).is_some() {
+                return Err(Status::new(
+                    409,
+                    "AlreadyExists",
+                    format!("pods \"{name}\" already exists"),
+                )
+                .into());
+            }
+            admission::Snapshot::take(&store, &namespace)
+        };
+        let mut admitted = admission::admit(&snapshot, pod).await?;
+        crate::demo::kube::prepare_for_create(&mut admitted.object)
+            .map_err(|e| Status::new(422, "Invalid", format!("pods \"{name}\": {e:#}")))?;
+        admitted.object = self.apply(admitted.object);
+        Ok(admitted)
+    }
+
+    /// Creates or replaces an object of one of the [`objects::KINDS`] (what `kubectl apply`
+    /// of a Namespace, Service, Endpoints or MutatingWebhookConfiguration leaves in the
+    /// store); `namespace` is the path's, for the namespaced kinds. Returns it as stored, or
+    /// what is wrong with it.
+    pub fn put_object(&self, mut object: Value, namespace: Option<&str>) -> Result<Value, String> {
+        let kind_name = object["kind"].as_str().unwrap_or_default().to_owned();
+        let kind = objects::Kind::named(&kind_name).ok_or_else(|| {
+            format!(
+                "kind {kind_name:?} is not kept by the fake API server (it keeps Pods and {})",
+                objects::KINDS.map(|k| k.name).join(", ")
+            )
+        })?;
+        objects::normalise(kind, &mut object, namespace)?;
+        Ok(self.shared.store().put_object(kind, object, &now()))
+    }
+
+    /// An object of one of the [`objects::KINDS`] as stored (`namespace` is ignored for the
+    /// cluster-scoped kinds).
+    pub fn object(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let kind = objects::Kind::named(kind)?;
+        self.shared.store().object(kind, namespace, name)
     }
 
     /// The current resourceVersion (the last one assigned; 1 before any change).
@@ -329,6 +386,42 @@ impl Shared {
     }
 }
 
+/// A refusal of the API server: the HTTP status and its `Status` object.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    /// The HTTP status code.
+    pub code: u16,
+    /// The `meta/v1` `Status` object of the answer.
+    pub status: Value,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let message = self.status["message"].as_str().unwrap_or("no message");
+        write!(f, "{message} ({})", self.code)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+impl From<Status> for Refused {
+    fn from(status: Status) -> Self {
+        Refused {
+            code: status.code,
+            status: status.to_json(),
+        }
+    }
+}
+
+/// Now, as the API server writes creation times (RFC 3339, whole seconds, UTC).
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .expect("0 ns is valid")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339 formats a UTC time")
+}
+
 /// Locks, going on after a panic elsewhere (a failed test must not hide behind a poison).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -359,8 +452,8 @@ fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, mut stop: oneshot
             let shared = shared.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request| {
-                    let response = respond(&shared, &request);
-                    async move { Ok::<_, Infallible>(response) }
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(respond(&shared, request).await) }
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -384,8 +477,19 @@ enum Route<'a> {
     Api,
     ApiV1,
     Apis,
-    Pods { namespace: Option<&'a str> },
-    Pod { namespace: &'a str, name: &'a str },
+    Pods {
+        namespace: Option<&'a str>,
+    },
+    Pod {
+        namespace: &'a str,
+        name: &'a str,
+    },
+    /// A cluster-scoped object of [`objects::KINDS`] (GET, and PATCH with a strategic merge
+    /// patch: what a webhook's replicas do to publish their caBundle).
+    Object {
+        kind: objects::Kind,
+        name: &'a str,
+    },
     Unknown,
 }
 
@@ -403,7 +507,10 @@ impl<'a> Route<'a> {
                 namespace: Some(namespace),
             },
             ["api", "v1", "namespaces", namespace, "pods", name] => Self::Pod { namespace, name },
-            _ => Self::Unknown,
+            _ => match objects::Kind::of_object(path) {
+                Some((kind, name)) => Self::Object { kind, name },
+                None => Self::Unknown,
+            },
         }
     }
 
@@ -451,8 +558,73 @@ impl Query {
     }
 }
 
+/// The largest body the server reads (the real server's limit is 3 MiB).
+const MAX_BODY: usize = 3 * 1024 * 1024;
+
 /// One place where a request becomes its answer.
-fn respond(shared: &Arc<Shared>, request: &Request<Incoming>) -> Response<Body> {
+async fn respond(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
+    if request.method() == Method::PATCH {
+        if let Route::Object { kind, name } = Route::of(request.uri().path()) {
+            let (kind, name) = (kind, name.to_owned());
+            lock(&shared.requests).push(format!("PATCH {}", request.uri().path()));
+            return patch_object(shared, kind, &name, request)
+                .await
+                .unwrap_or_else(|status| status.response());
+        }
+    }
+    respond_get(shared, &request)
+}
+
+/// A PATCH of a kept cluster-scoped object: authorised, a strategic merge patch, applied.
+async fn patch_object(
+    shared: &Arc<Shared>,
+    kind: objects::Kind,
+    name: &str,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, Status> {
+    if let Some(code) = *lock(&shared.deny) {
+        return Err(Status::denied(
+            code,
+            Route::Unknown,
+            request.uri().path(),
+            &Query(Vec::new()),
+        ));
+    }
+    if !authorized(&request) {
+        return Err(Status::new(401, "Unauthorized", "Unauthorized".to_owned()));
+    }
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    if content_type != "application/strategic-merge-patch+json" {
+        return Err(Status::new(
+            415,
+            "UnsupportedMediaType",
+            format!("the body of the request was in an unknown format - accepted media types include: application/strategic-merge-patch+json (got {content_type:?})"),
+        ));
+    }
+    let body = http_body_util::Limited::new(request.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            Status::new(
+                413,
+                "RequestEntityTooLarge",
+                format!("reading the body: {e}"),
+            )
+        })?
+        .to_bytes();
+    let patch: Value = serde_json::from_slice(&body)
+        .map_err(|e| Status::bad_request(format!("the patch is not JSON: {e}")))?;
+    let patched = shared.store().patch_object(kind, name, &patch, &now())?;
+    Ok(json_response(&patched))
+}
+
+/// The answer to every request but a PATCH.
+fn respond_get(shared: &Arc<Shared>, request: &Request<Incoming>) -> Response<Body> {
     let path = request.uri().path();
     let query = Query(
         form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
@@ -528,6 +700,15 @@ fn route_request(
                 Status::new(404, "NotFound", format!("pods \"{name}\" not found"))
                     .with_details(json!({"name": name, "kind": "pods"})),
             ),
+        },
+        Route::Object { kind, name } => match shared.store().object(kind, "", name) {
+            Some(object) => Ok(json_response(&object)),
+            None => Err(Status::new(
+                404,
+                "NotFound",
+                format!("{} \"{name}\" not found", kind.resource),
+            )
+            .with_details(json!({"name": name, "kind": kind.resource}))),
         },
         Route::Unknown => Err(Status::new(
             404,

@@ -28,6 +28,7 @@ fn two_clusters_allowed_and_denied_as_the_seed() {
         emulator: emulator.clone(),
         app: PathBuf::from(env!("CARGO_BIN_EXE_demo-app")),
         kube_api: PathBuf::from(env!("CARGO_BIN_EXE_demo-kube-api")),
+        injector: required(bin_dir, "lattice-injector"),
     };
     let prefix = format!("le-e2e-{}", std::process::id());
     // Under the temporary directory: the proxies (uid 1337) must reach it even when the

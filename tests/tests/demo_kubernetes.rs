@@ -32,6 +32,7 @@ fn two_clusters_with_every_pod_from_the_kubernetes_api() {
         emulator: emulator.clone(),
         app: PathBuf::from(env!("CARGO_BIN_EXE_demo-app")),
         kube_api: PathBuf::from(env!("CARGO_BIN_EXE_demo-kube-api")),
+        injector: required(bin_dir, "lattice-injector"),
     };
     let prefix = format!("le-e2ek-{}", std::process::id());
     let state_dir = std::env::temp_dir().join(&prefix);
@@ -58,6 +59,26 @@ fn two_clusters_with_every_pod_from_the_kubernetes_api() {
         assert_eq!(pod.qos, kube::QosClass::Burstable, "{}", pod.qos_reason);
         assert_eq!(pod.object["status"]["qosClass"], "Burstable");
         assert_eq!(pod.object["spec"]["nodeName"], c.node_name());
+        check_injected(&pod.object, &format!("{}'s pod", c.name()));
+        // The injector answered exactly this one review, with the sidecar.
+        let admin = scenario
+            .injector_admin(c)
+            .expect("the injector's admin address");
+        let (_, metrics) = kube::http_request(admin, "GET", "/metrics", "").unwrap();
+        assert_eq!(
+            kube::metric(
+                &metrics,
+                "lattice_injector_admissions_total{result=\"injected\"}"
+            ),
+            Some(1),
+            "{}'s injector:\n{metrics}",
+            c.name()
+        );
+        assert_eq!(
+            kube::metric(&metrics, "lattice_injector_ca_published"),
+            Some(1),
+            "{metrics}"
+        );
         let pod_cgroup = pod
             .cgroup
             .strip_prefix(scenario.names().kubelet_root(c))
@@ -183,6 +204,48 @@ fn two_clusters_with_every_pod_from_the_kubernetes_api() {
         lattice_tests::demo::Names::new(&format!("le-e2ek-{}", std::process::id())).unwrap();
     assert!(!names.leftovers_exist(), "the teardown left something");
     let _ = std::fs::remove_dir_all(&state_dir);
+}
+
+/// What lattice-injector added to a seed pod, whose template has no sidecar: lattice-proxy
+/// first among the init containers, a native sidecar running as 1337, the opt-in annotation
+/// the agent selects by, and every container within Pod Security "restricted" (the apps
+/// namespace enforces it).
+fn check_injected(pod: &serde_json::Value, what: &str) {
+    let inits = pod["spec"]["initContainers"]
+        .as_array()
+        .expect("init containers");
+    let proxy = &inits[0];
+    assert_eq!(proxy["name"], "lattice-proxy", "{what}: {pod}");
+    assert_eq!(proxy["restartPolicy"], "Always", "{what}");
+    assert_eq!(proxy["securityContext"]["runAsGroup"], 1337, "{what}");
+    assert_eq!(
+        pod["metadata"]["annotations"]["lattice-egress.io/inject"], "true",
+        "{what}"
+    );
+    let spec_sc = &pod["spec"]["securityContext"];
+    for c in inits
+        .iter()
+        .chain(pod["spec"]["containers"].as_array().unwrap())
+    {
+        let sc = &c["securityContext"];
+        let who = format!("{what}: container {}", c["name"]);
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{who}");
+        assert_eq!(
+            sc["capabilities"]["drop"],
+            serde_json::json!(["ALL"]),
+            "{who}"
+        );
+        assert!(
+            sc["runAsNonRoot"] == true || spec_sc["runAsNonRoot"] == true,
+            "{who}: runAsNonRoot"
+        );
+        let seccomp = if sc["seccompProfile"]["type"].is_string() {
+            &sc["seccompProfile"]["type"]
+        } else {
+            &spec_sc["seccompProfile"]["type"]
+        };
+        assert_eq!(seccomp, "RuntimeDefault", "{who}");
+    }
 }
 
 fn required(dir: &Path, name: &str) -> PathBuf {

@@ -489,7 +489,7 @@ fn every_kustomization_renders_and_validates_strictly_for_1_29_and_1_33() {
 #[test]
 fn the_validator_is_strict_enough_to_reject_a_native_sidecar_under_1_27() {
     // Proves the validation above can fail: 1.27's schema has no initContainers[].restartPolicy.
-    let render = renders().get("examples/seed/cluster1");
+    let render = renders().get("components/sidecar");
     let (ok, report) = kubernetes_validate(&[render], &["1.27"]);
     assert!(
         !ok && report.contains("restartPolicy"),
@@ -928,8 +928,6 @@ fn opted_in_app_pods_have_no_privilege_and_the_proxy_as_a_native_sidecar() {
         }
     }
     for expected in [
-        "examples/seed/cluster1: Deployment/demo-cluster1-v1",
-        "examples/seed/cluster2: Deployment/demo-cluster2-v1",
         "components/sidecar: Deployment/labelled",
         "components/sidecar: StatefulSet/stateful",
     ] {
@@ -941,7 +939,7 @@ fn opted_in_app_pods_have_no_privilege_and_the_proxy_as_a_native_sidecar() {
 }
 
 #[test]
-fn seed_examples_have_no_init_container_but_the_sidecar_and_meet_restricted() {
+fn seed_examples_are_injected_by_namespace_and_meet_restricted() {
     for cluster in ["cluster1", "cluster2"] {
         let source = format!("examples/seed/{cluster}");
         let docs = &renders().get(&source).docs;
@@ -949,12 +947,20 @@ fn seed_examples_have_no_init_container_but_the_sidecar_and_meet_restricted() {
         let d = find(docs, "Deployment", &name);
         assert_eq!(d["metadata"]["namespace"], "apps");
         let pod = at(d, "/spec/template/spec");
-        let inits: Vec<&str> = list(pod, "/initContainers")
-            .iter()
-            .filter_map(|c| c["name"].as_str())
-            .collect();
-        assert_eq!(inits, ["lattice-proxy"], "{source}: init containers");
-        // Set in the example itself: the component cannot set it only when unset.
+        // lattice-injector adds the sidecar at pod creation (the demo and
+        // injector/tests/admission.rs check what it adds): the template has none, and no
+        // other init container either.
+        assert!(
+            list(pod, "/initContainers").is_empty(),
+            "{source}: the seed's pods get lattice-proxy from the injector, not the template"
+        );
+        let ns = find(docs, "Namespace", "apps");
+        assert_eq!(
+            ns["metadata"]["labels"]["lattice-egress.io/inject"], "enabled",
+            "{source}: the apps namespace opts its pods in to the injector"
+        );
+        // Set in the example itself (the injector would set it only when unset; the
+        // component cannot set it at all).
         assert_eq!(pod["securityContext"]["runAsGroup"], 1000, "{source}");
         assert_eq!(pod["securityContext"]["runAsUser"], 1000, "{source}");
         let sa = str_at(pod, "/serviceAccountName");

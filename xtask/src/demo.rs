@@ -31,9 +31,10 @@ pub struct Demo {
     #[arg(long)]
     pub down: bool,
     /// The Kubernetes variant: every pod from a Kubernetes API (one fake API server per
-    /// cluster, pods built from the rendered deploy/examples/seed), kubelet-like cgroup trees,
-    /// one agent per cluster in Kubernetes mode; adds a fifth check (a deleted pod is no
-    /// longer redirected).
+    /// cluster, pods of the rendered deploy/examples/seed created through lattice-injector,
+    /// the admission webhook, which adds the sidecar), kubelet-like cgroup trees, one agent
+    /// per cluster in Kubernetes mode; adds a fifth check (a deleted pod is no longer
+    /// redirected).
     #[arg(long, conflicts_with = "down")]
     pub kubernetes: bool,
 }
@@ -80,8 +81,8 @@ pub fn run(opts: &Demo) -> Result<()> {
     } else {
         ebpf::run(&ebpf::BuildEbpf {})?;
         step(
-            "building lattice-redirector, lattice-proxy, the Lattice emulator, the demo app, \
-             the demo's API server and lattice-demo (debug profile; the first build takes a \
+            "building lattice-redirector, lattice-proxy, lattice-injector, the Lattice \
+             emulator, the demo app, the demo's API server and lattice-demo (debug profile; the first build takes a \
              few minutes)",
         );
         setup::run(Command::new(&cargo).current_dir(&root).args([
@@ -90,6 +91,8 @@ pub fn run(opts: &Demo) -> Result<()> {
             "lattice-redirector",
             "-p",
             "lattice-proxy",
+            "-p",
+            "lattice-injector",
             "-p",
             "lattice-tests",
             "--bins",

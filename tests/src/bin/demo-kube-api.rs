@@ -5,12 +5,25 @@
 //! the cluster's other clients would make on a separate control port, on paths that mirror
 //! the API's:
 //!
-//! - `POST /api/v1/namespaces/{ns}/pods` with a Pod (JSON): creates or updates it (the
-//!   ReplicaSet controller creating a pod, kubelet updating its status); 200 and the pod as
-//!   stored;
+//! - `POST /api/v1/namespaces/{ns}/pods` with a Pod (JSON): creates it (the ReplicaSet
+//!   controller), through mutating admission as the real server runs it (the webhooks of
+//!   the MutatingWebhookConfigurations put here; see `lattice_tests::kube_api`); 201 and
+//!   `{"object": <the pod as stored>, "warnings": [...], "calls": [...]}` (the webhooks'
+//!   warnings, which a client sees as `Warning` headers, and one line per webhook call), or
+//!   the refusal's `Status` (409 when it exists, 404 without its Namespace, admission's
+//!   400/500);
+//! - `PUT /api/v1/namespaces/{ns}/pods/{name}` with the Pod: updates it (kubelet's status
+//!   updates; no admission: the webhooks here ask for CREATE only); 200 and the pod, or 404;
 //! - `DELETE /api/v1/namespaces/{ns}/pods/{name}`: deletes it at once (a deletion whose grace
 //!   period has ended); 200 and its last state, or 404;
-//! - `GET /api/v1/namespaces/{ns}/pods/{name}`: the pod as stored, or 404.
+//! - `GET /api/v1/namespaces/{ns}/pods/{name}`: the pod as stored, or 404;
+//! - `POST` of a Namespace, Service, Endpoints or MutatingWebhookConfiguration to its
+//!   collection path (`/api/v1/namespaces`, `/api/v1/namespaces/{ns}/services`, ...):
+//!   creates or replaces it (`kubectl apply`; the Endpoints are what the endpoints
+//!   controller would write for a ready pod); 200 and the object as stored.
+//!
+//! On the API port, besides the Pods, a MutatingWebhookConfiguration can be read and
+//! patched (a strategic merge patch), which is how a webhook publishes its caBundle.
 //!
 //! Both listen on 127.0.0.1 only. Once ready it writes `DIR/kubeconfig` and `DIR/control`
 //! (the control address) and prints `ready api=URL control=URL`; it runs until SIGINT or
@@ -32,7 +45,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use lattice_tests::kube_api::FakeApiServer;
+use lattice_tests::kube_api::{objects::Kind, FakeApiServer};
 use serde_json::{json, Value};
 
 #[derive(Debug, Parser)]
@@ -135,49 +148,103 @@ async fn handle(server: &FakeApiServer, req: Request<Incoming>) -> Response<Full
         ["api", "v1", "namespaces", ns, "pods", name] => {
             ((*ns).to_owned(), Some((*name).to_owned()))
         }
-        _ => return answer(StatusCode::NOT_FOUND, json!({"message": "no such path"})),
+        _ => match (&method, Kind::of_collection(&path)) {
+            (&Method::POST, Some((kind, namespace))) => {
+                return match body_json(req).await {
+                    Ok(object) if object["kind"] != kind.name => answer(
+                        StatusCode::BAD_REQUEST,
+                        json!({"message": format!(
+                            "kind {} does not belong under {path}", object["kind"]
+                        )}),
+                    ),
+                    Ok(object) => match server.put_object(object, namespace.as_deref()) {
+                        Ok(stored) => {
+                            tracing::info!(
+                                kind = kind.name,
+                                name = %stored["metadata"]["name"],
+                                "object applied"
+                            );
+                            answer(StatusCode::OK, stored)
+                        }
+                        Err(why) => answer(StatusCode::BAD_REQUEST, json!({"message": why})),
+                    },
+                    Err(response) => response,
+                };
+            }
+            _ => return answer(StatusCode::NOT_FOUND, json!({"message": "no such path"})),
+        },
     };
     match (method, name) {
         (Method::POST, None) => {
-            let body = match req.into_body().collect().await {
-                Ok(b) => b.to_bytes(),
-                Err(e) => {
-                    return answer(StatusCode::BAD_REQUEST, json!({"message": e.to_string()}))
-                }
+            let mut pod = match body_json(req).await {
+                Ok(pod) => pod,
+                Err(response) => return response,
             };
-            let mut pod: Value = match serde_json::from_slice(&body) {
-                Ok(v) => v,
-                Err(e) => {
-                    return answer(
-                        StatusCode::BAD_REQUEST,
-                        json!({"message": format!("not JSON: {e}")}),
-                    )
-                }
-            };
-            if let Err(why) = check_pod(&mut pod, &namespace) {
+            if let Err(why) = check_pod(&mut pod, &namespace, None) {
                 return answer(StatusCode::BAD_REQUEST, json!({"message": why}));
             }
             let name = pod["metadata"]["name"]
                 .as_str()
                 .unwrap_or_default()
                 .to_owned();
-            // apply panics on an update that names another uid: say so instead.
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.apply(pod))) {
-                Ok(stored) => {
+            match server.create_pod(pod).await {
+                Ok(admitted) => {
                     tracing::info!(
                         pod = %format!("{namespace}/{name}"),
-                        resource_version = %stored["metadata"]["resourceVersion"],
-                        "pod applied"
+                        resource_version = %admitted.object["metadata"]["resourceVersion"],
+                        webhooks = %admitted.calls.join("; "),
+                        "pod created"
                     );
-                    answer(StatusCode::OK, stored)
+                    for warning in &admitted.warnings {
+                        tracing::warn!(pod = %format!("{namespace}/{name}"), "admission warning: {warning}");
+                    }
+                    answer(
+                        StatusCode::CREATED,
+                        json!({"object": admitted.object, "warnings": admitted.warnings,
+                               "calls": admitted.calls}),
+                    )
                 }
-                Err(_) => answer(
+                Err(refused) => {
+                    tracing::warn!(pod = %format!("{namespace}/{name}"), "pod refused: {refused}");
+                    answer(
+                        StatusCode::from_u16(refused.code)
+                            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                        refused.status,
+                    )
+                }
+            }
+        }
+        (Method::PUT, Some(name)) => {
+            let mut pod = match body_json(req).await {
+                Ok(pod) => pod,
+                Err(response) => return response,
+            };
+            if let Err(why) = check_pod(&mut pod, &namespace, Some(&name)) {
+                return answer(StatusCode::BAD_REQUEST, json!({"message": why}));
+            }
+            let Some(stored) = server.get(&namespace, &name) else {
+                return answer(
+                    StatusCode::NOT_FOUND,
+                    json!({"message": format!("pods \"{name}\" not found")}),
+                );
+            };
+            if pod["metadata"]["uid"].is_string()
+                && pod["metadata"]["uid"] != stored["metadata"]["uid"]
+            {
+                return answer(
                     StatusCode::CONFLICT,
                     json!({"message": format!(
                         "{namespace}/{name} exists with another uid: delete it first"
                     )}),
-                ),
+                );
             }
+            let stored = server.apply(pod);
+            tracing::info!(
+                pod = %format!("{namespace}/{name}"),
+                resource_version = %stored["metadata"]["resourceVersion"],
+                "pod updated"
+            );
+            answer(StatusCode::OK, stored)
         }
         (Method::DELETE, Some(name)) => match server.delete(&namespace, &name) {
             Some(last) => {
@@ -203,16 +270,38 @@ async fn handle(server: &FakeApiServer, req: Request<Incoming>) -> Response<Full
     }
 }
 
+/// The request's body as JSON, or the 400 to answer.
+async fn body_json(req: Request<Incoming>) -> Result<Value, Response<Full<Bytes>>> {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| answer(StatusCode::BAD_REQUEST, json!({"message": e.to_string()})))?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| {
+        answer(
+            StatusCode::BAD_REQUEST,
+            json!({"message": format!("not JSON: {e}")}),
+        )
+    })
+}
+
 /// What `FakeApiServer::apply` would otherwise panic on, and the namespace of the path.
-fn check_pod(pod: &mut Value, namespace: &str) -> Result<(), String> {
+fn check_pod(pod: &mut Value, namespace: &str, name: Option<&str>) -> Result<(), String> {
     if !pod.is_object() {
         return Err("the body is not a JSON object".into());
     }
     if pod.get("kind").is_some_and(|k| k != "Pod") {
         return Err(format!("kind {} is not Pod", pod["kind"]));
     }
-    if !pod["metadata"]["name"].is_string() {
-        return Err("metadata.name is missing".into());
+    match (pod["metadata"]["name"].as_str(), name) {
+        (None, _) => return Err("metadata.name is missing".into()),
+        (Some(given), Some(path)) if given != path => {
+            return Err(format!(
+                "metadata.name {given} differs from the path's name {path}"
+            ))
+        }
+        _ => {}
     }
     match pod["metadata"]["namespace"].as_str() {
         None => pod["metadata"]["namespace"] = json!(namespace),

@@ -25,7 +25,8 @@ struct Args {
     #[arg(long)]
     down: bool,
     /// Pods from a (fake) Kubernetes API server per cluster, built from the rendered
-    /// deploy/examples/seed Deployments, kubelet-like cgroup trees (systemd driver on
+    /// deploy/examples/seed Deployments and given their sidecar by lattice-injector (the
+    /// admission webhook, one per cluster), kubelet-like cgroup trees (systemd driver on
     /// cluster1, cgroupfs on cluster2), one lattice-redirector per cluster started as
     /// deploy/base/daemonset.yaml starts it; adds the check that a deleted pod is no longer
     /// redirected.

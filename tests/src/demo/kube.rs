@@ -2,17 +2,20 @@
 //! would do, reduced to what the node agent can observe.
 //!
 //! - [`kustomize`] renders a directory of `deploy/` with `kubectl kustomize`;
-//! - [`PodPlan::from_deployment`] builds the Pod a ReplicaSet of that Deployment would create
-//!   and the API server would store: name `<deployment>-<pod-template-hash>-<5 chars>`, a
-//!   fresh uid, the template's labels, annotations and spec with `nodeName`, the API server's
-//!   defaulting of container requests to limits, and `status.qosClass` computed as Kubernetes
-//!   computes it ([`qos_class`]);
+//! - [`PodRequest::from_deployment`] builds the Pod a ReplicaSet of that Deployment asks the
+//!   API server to create: name `<deployment>-<pod-template-hash>-<5 chars>`, a fresh uid,
+//!   the template's labels, annotations and spec with `nodeName`; the API server admits it
+//!   (lattice-injector adds the sidecar), then [`prepare_for_create`] does what it does to
+//!   a created pod: container requests defaulted to limits, and `status.qosClass` computed
+//!   as Kubernetes computes it ([`qos_class`]);
+//! - [`PodPlan::from_admitted`] plans how kubelet runs the stored pod;
 //! - [`Kubelet`] lays out kubelet's cgroups for one driver (systemd or cgroupfs) under a
 //!   cgroupRoot of the demo's own subtree: the QoS parents at start, then per pod the pod
 //!   cgroup and one cgroup per container, named as containerd names them;
-//! - [`AgentInvocation::from_daemonset`] turns the rendered DaemonSet into the command line
-//!   and environment of the agent process, with each host-specific value (volume mounts,
-//!   downward API, the admin address) replaced and said so;
+//! - [`Invocation::from_workload`] turns the rendered DaemonSet (or the injector's
+//!   Deployment) into the command line and environment of its process, with each
+//!   host-specific value (volume mounts, downward API, listening addresses) replaced and
+//!   said so;
 //! - [`ApiControl`] is the client of `demo-kube-api`, the process that serves one cluster's
 //!   Pods with [`crate::kube_api::FakeApiServer`] and takes the changes other clients of the
 //!   cluster would make (the ReplicaSet controller creating a pod, `kubectl delete pod`) on a
@@ -377,7 +380,7 @@ pub struct PodPlan {
     pub qos: QosClass,
     /// Why that class, in words.
     pub qos_reason: String,
-    /// The Pod object applied to the API server.
+    /// The Pod as the API server stored it, with the status of a scheduled, started pod.
     pub object: Value,
     /// The pod cgroup.
     pub cgroup: PathBuf,
@@ -387,15 +390,25 @@ pub struct PodPlan {
     pub proxy: ContainerPlan,
 }
 
-impl PodPlan {
-    /// The pod a ReplicaSet of `deployment` creates on `node`, run by `kubelet`, with the
-    /// pod address `pod_ip`.
-    pub fn from_deployment(
-        deployment: &Value,
-        node: &str,
-        pod_ip: &str,
-        kubelet: &Kubelet,
-    ) -> Result<PodPlan> {
+/// The Pod the ReplicaSet controller asks the API server to create: before admission (no
+/// sidecar unless the template has one), before the API server's defaulting and status.
+#[derive(Debug, Clone)]
+pub struct PodRequest {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.uid` (the demo picks it, so that the emulator's Pod Identity can name the
+    /// pod before it exists).
+    pub uid: String,
+    /// The Pod object to create.
+    pub object: Value,
+}
+
+impl PodRequest {
+    /// The pod a ReplicaSet of `deployment` creates, already bound to `node` (the scheduler's
+    /// part, done at once: one node per cluster).
+    pub fn from_deployment(deployment: &Value, node: &str) -> Result<PodRequest> {
         let deploy_name = deployment["metadata"]["name"]
             .as_str()
             .context("the Deployment has no name")?;
@@ -415,11 +428,7 @@ impl PodPlan {
         let uid = random_uid();
 
         let mut spec = template["spec"].clone();
-        default_requests(&mut spec);
-        let (qos, qos_reason) =
-            qos_class(&spec).with_context(|| format!("the QoS class of a pod of {deploy_name}"))?;
         spec["nodeName"] = json!(node);
-
         let mut labels = template["metadata"]["labels"].clone();
         if !labels.is_object() {
             labels = json!({});
@@ -443,6 +452,58 @@ impl PodPlan {
         if template["metadata"]["annotations"].is_object() {
             metadata["annotations"] = template["metadata"]["annotations"].clone();
         }
+        let object = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": metadata,
+            "spec": spec,
+        });
+        Ok(PodRequest {
+            name,
+            namespace,
+            uid,
+            object,
+        })
+    }
+}
+
+/// What the API server does to a created pod after admission (`PrepareForCreate` and the
+/// defaulting of the patched object): container requests default to their limits,
+/// `status.phase` is Pending and `status.qosClass` is computed.
+pub fn prepare_for_create(pod: &mut Value) -> Result<()> {
+    default_requests(&mut pod["spec"]);
+    let (qos, _) = qos_class(&pod["spec"])?;
+    pod["status"] = json!({"phase": "Pending", "qosClass": qos.as_str()});
+    Ok(())
+}
+
+impl PodPlan {
+    /// How `kubelet` runs `pod`, the pod as the API server stored it after admission (see
+    /// [`prepare_for_create`]), with the pod address `pod_ip`. It must have the lattice-proxy
+    /// native sidecar: the injector's, or one rendered with deploy/components/sidecar.
+    pub fn from_admitted(pod: &Value, pod_ip: &str, kubelet: &Kubelet) -> Result<PodPlan> {
+        let name = pod["metadata"]["name"]
+            .as_str()
+            .context("the pod has no name")?
+            .to_owned();
+        let namespace = pod["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_owned();
+        let uid = pod["metadata"]["uid"]
+            .as_str()
+            .context("the pod has no uid")?
+            .to_owned();
+        let spec = &pod["spec"];
+        let (qos, qos_reason) =
+            qos_class(spec).with_context(|| format!("the QoS class of pod {namespace}/{name}"))?;
+        if pod["status"]["qosClass"] != qos.as_str() {
+            bail!(
+                "pod {namespace}/{name}: the API server stored qosClass {}, the spec gives {}",
+                pod["status"]["qosClass"],
+                qos.as_str()
+            );
+        }
 
         let cgroup = kubelet.pod_cgroup(qos, &uid);
         let container = |c: &Value| -> Result<ContainerPlan> {
@@ -454,7 +515,7 @@ impl PodPlan {
                     .or_else(|| spec["securityContext"][field].as_u64())
                     .with_context(|| {
                         format!(
-                            "container {cname} of {deploy_name} has no {field} (neither its \
+                            "container {cname} of pod {name} has no {field} (neither its \
                              securityContext nor the pod's): the demo runs every container \
                              as the user and group its spec names"
                         )
@@ -472,7 +533,7 @@ impl PodPlan {
         let app = container(
             spec["containers"]
                 .get(0)
-                .with_context(|| format!("Deployment {deploy_name} has no container"))?,
+                .with_context(|| format!("pod {name} has no container"))?,
         )?;
         let sidecar = spec["initContainers"]
             .as_array()
@@ -481,25 +542,19 @@ impl PodPlan {
             .find(|c| c["name"] == "lattice-proxy" && c["restartPolicy"] == "Always")
             .with_context(|| {
                 format!(
-                    "Deployment {deploy_name} has no lattice-proxy native sidecar (an init \
-                     container with restartPolicy: Always); render it with \
-                     deploy/components/sidecar"
+                    "pod {namespace}/{name} has no lattice-proxy native sidecar (an init \
+                     container with restartPolicy: Always): lattice-injector adds it to pods of \
+                     namespaces labelled lattice-egress.io/inject=enabled and to pods annotated \
+                     lattice-egress.io/inject: \"true\"; deploy/components/sidecar renders it \
+                     without the webhook"
                 )
             })?;
         let proxy = container(sidecar)?;
 
-        let object = json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": metadata,
-            "spec": spec,
-            "status": {
-                "phase": "Running",
-                "qosClass": qos.as_str(),
-                "podIP": pod_ip,
-                "podIPs": [{"ip": pod_ip}],
-            },
-        });
+        let mut object = pod.clone();
+        object["status"]["phase"] = json!("Running");
+        object["status"]["podIP"] = json!(pod_ip);
+        object["status"]["podIPs"] = json!([{"ip": pod_ip}]);
         Ok(PodPlan {
             name,
             namespace,
@@ -629,29 +684,38 @@ fn random_bytes<const N: usize>() -> [u8; N] {
     buf
 }
 
+/// The strings of a JSON array (none when it is not one).
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect()
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// What the host provides in place of the DaemonSet's pod: see
-/// [`AgentInvocation::from_daemonset`].
+/// What the host provides in place of a workload's pod: see [`Invocation::from_workload`].
 #[derive(Debug, Clone)]
-pub struct AgentHost<'a> {
+pub struct PodHost<'a> {
     /// Where the ConfigMap volumes are written, one subdirectory per volume.
     pub volumes_dir: &'a Path,
     /// This machine's cgroup2 mount (the node's cgroup2 root).
     pub cgroup2: &'a Path,
     /// `spec.nodeName`.
     pub node_name: &'a str,
-    /// The agent pod's `metadata.uid`.
+    /// The pod's `metadata.uid`.
     pub pod_uid: &'a str,
-    /// The admin address to use instead of the DaemonSet's.
-    pub admin_addr: &'a str,
+    /// Listening addresses to use instead of the workload's, by flag (`--admin-addr`,
+    /// `--listen`), with why: the real ones listen on the pod's own addresses.
+    pub addresses: &'a [(&'a str, &'a str)],
 }
 
-/// The agent's command line and environment, derived from the DaemonSet.
+/// A container's command line and environment, derived from its workload.
 #[derive(Debug, Clone)]
-pub struct AgentInvocation {
+pub struct Invocation {
     /// The arguments as the DaemonSet has them (command after the program, then args).
     pub original_args: Vec<String>,
     /// The arguments to run, host paths and addresses substituted.
@@ -662,32 +726,28 @@ pub struct AgentInvocation {
     pub notes: Vec<String>,
 }
 
-impl AgentInvocation {
-    /// The agent container (`lattice-redirector`) of the DaemonSet `daemonset`, as the
-    /// kubelet would start it on `host`: ConfigMap volumes are written under
-    /// `host.volumes_dir` from `configmaps`; hostPath volumes are the host's paths, except the
-    /// node's cgroup2 root (`/sys/fs/cgroup`), which on a hybrid host is
-    /// `host.cgroup2`; the downward API gives `host.node_name` and `host.pod_uid`; the admin
-    /// address becomes `host.admin_addr` (the real one listens on the node's addresses).
-    pub fn from_daemonset(
-        daemonset: &Value,
+impl Invocation {
+    /// The container `container` of `workload` (a DaemonSet or a Deployment), as the kubelet
+    /// would start it on `host`: ConfigMap volumes are written under `host.volumes_dir` from
+    /// `configmaps`; hostPath volumes are the host's paths, except the node's cgroup2 root
+    /// (`/sys/fs/cgroup`), which on a hybrid host is `host.cgroup2`; the downward API gives
+    /// `host.node_name`, `host.pod_uid` and the workload's namespace; the flags of
+    /// `host.addresses` get their addresses (on loopback, where the real pod listens on its
+    /// own address).
+    pub fn from_workload(
+        workload: &Value,
+        container: &str,
         configmaps: &[Value],
-        host: &AgentHost<'_>,
-    ) -> Result<AgentInvocation> {
-        let pod = &daemonset["spec"]["template"]["spec"];
+        host: &PodHost<'_>,
+    ) -> Result<Invocation> {
+        let kind = workload["kind"].as_str().unwrap_or("workload");
+        let pod = &workload["spec"]["template"]["spec"];
         let container = pod["containers"]
             .as_array()
             .into_iter()
             .flatten()
-            .find(|c| c["name"] == "lattice-redirector")
-            .context("the DaemonSet has no lattice-redirector container")?;
-        let strings = |v: &Value| -> Vec<String> {
-            v.as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect()
-        };
+            .find(|c| c["name"] == container)
+            .with_context(|| format!("the {kind} has no {container} container"))?;
         let mut original_args: Vec<String> =
             strings(&container["command"]).into_iter().skip(1).collect();
         original_args.extend(strings(&container["args"]));
@@ -756,18 +816,30 @@ impl AgentInvocation {
         let mut args = Vec::new();
         let mut iter = original_args.iter();
         while let Some(arg) = iter.next() {
-            if arg == "--admin-addr" {
-                let original = iter.next().context("--admin-addr without a value")?;
-                notes.push(format!(
-                    "--admin-addr {original} -> {} (loopback only, a free port: both agents \
-                     share this machine's network namespace)",
-                    host.admin_addr
-                ));
-                args.push(arg.clone());
-                args.push(host.admin_addr.to_owned());
-            } else {
-                args.push(translate(arg));
-            }
+            let (flag, inline) = match arg.split_once('=') {
+                Some((flag, value)) => (flag, Some(value)),
+                None => (arg.as_str(), None),
+            };
+            let Some((_, address)) = host.addresses.iter().find(|(f, _)| *f == flag) else {
+                args.push(match inline {
+                    Some(value) => format!("{flag}={}", translate(value)),
+                    None => translate(arg),
+                });
+                continue;
+            };
+            let original = match inline {
+                Some(value) => value.to_owned(),
+                None => iter
+                    .next()
+                    .with_context(|| format!("{flag} without a value"))?
+                    .clone(),
+            };
+            notes.push(format!(
+                "{flag} {original} -> {address} (loopback only, a free port: the pods of both \
+                 clusters share this machine's network namespace)"
+            ));
+            args.push(flag.to_owned());
+            args.push((*address).to_owned());
         }
 
         let mut env = Vec::new();
@@ -783,7 +855,7 @@ impl AgentInvocation {
                 let v = match field {
                     "spec.nodeName" => host.node_name.to_owned(),
                     "metadata.uid" => host.pod_uid.to_owned(),
-                    "metadata.namespace" => daemonset["metadata"]["namespace"]
+                    "metadata.namespace" => workload["metadata"]["namespace"]
                         .as_str()
                         .unwrap_or("default")
                         .to_owned(),
@@ -796,13 +868,24 @@ impl AgentInvocation {
             };
             env.push((name.to_owned(), value));
         }
-        Ok(AgentInvocation {
+        Ok(Invocation {
             original_args,
             args,
             env,
             notes,
         })
     }
+}
+
+/// A pod created through admission.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The pod as stored.
+    pub object: Value,
+    /// The webhooks' warnings.
+    pub warnings: Vec<String>,
+    /// One line per webhook call (name, and what it did).
+    pub calls: Vec<String>,
 }
 
 /// The client of one `demo-kube-api` process's control port (see the module documentation).
@@ -818,17 +901,66 @@ impl ApiControl {
         format!("http://{}", self.addr)
     }
 
-    /// Creates or updates `pod` (as the ReplicaSet controller or kubelet's status updates
-    /// would); returns the object as stored.
-    pub fn apply(&self, pod: &Value) -> Result<Value> {
+    /// Creates `pod` as the ReplicaSet controller does, through the API server's mutating
+    /// admission; returns the pod as stored, the webhooks' warnings and calls.
+    pub fn create(&self, pod: &Value) -> Result<Created> {
         let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
         let (status, body) = self.request(
             "POST",
             &format!("/api/v1/namespaces/{ns}/pods"),
             &serde_json::to_string(pod)?,
         )?;
-        if !(200..300).contains(&status) {
-            bail!("the API server refused the pod ({status}): {body}");
+        if status != 201 {
+            let message = serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_owned))
+                .unwrap_or(body);
+            bail!("the API server refused to create the pod ({status}): {message}");
+        }
+        let mut answer: Value =
+            serde_json::from_str(&body).context("the API server's answer is not JSON")?;
+        Ok(Created {
+            warnings: strings(&answer["warnings"]),
+            calls: strings(&answer["calls"]),
+            object: answer["object"].take(),
+        })
+    }
+
+    /// Updates `pod` (kubelet's status updates); returns the object as stored.
+    pub fn update(&self, pod: &Value) -> Result<Value> {
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("default");
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        let (status, body) = self.request(
+            "PUT",
+            &format!("/api/v1/namespaces/{ns}/pods/{name}"),
+            &serde_json::to_string(pod)?,
+        )?;
+        if status != 200 {
+            bail!("the API server refused the update of {ns}/{name} ({status}): {body}");
+        }
+        serde_json::from_str(&body).context("the API server's answer is not JSON")
+    }
+
+    /// Creates or replaces a Namespace, Service, Endpoints or MutatingWebhookConfiguration
+    /// (`kubectl apply` of it); returns it as stored.
+    pub fn put(&self, object: &Value) -> Result<Value> {
+        let kind = object["kind"].as_str().unwrap_or_default();
+        let k = crate::kube_api::objects::Kind::named(kind)
+            .with_context(|| format!("the demo's API server keeps no {kind}"))?;
+        let path = if k.namespaced {
+            let ns = object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default");
+            format!("{}/namespaces/{ns}/{}", k.prefix, k.resource)
+        } else {
+            format!("{}/{}", k.prefix, k.resource)
+        };
+        let (status, body) = self.request("POST", &path, &serde_json::to_string(object)?)?;
+        if status != 200 {
+            bail!(
+                "the API server refused {kind} {} ({status}): {body}",
+                object["metadata"]["name"]
+            );
         }
         serde_json::from_str(&body).context("the API server's answer is not JSON")
     }
@@ -1117,7 +1249,20 @@ mod tests {
             root: PathBuf::from("/cg/p/cluster1"),
         };
         let d = deployment();
-        let plan = PodPlan::from_deployment(&d, "node-1", "10.0.0.10", &kubelet).unwrap();
+        let request = PodRequest::from_deployment(&d, "node-1").unwrap();
+        assert!(
+            request.object["status"].is_null(),
+            "the API server sets the status"
+        );
+        assert!(
+            request.object["spec"]["containers"][0]["resources"]["requests"].is_null(),
+            "the API server defaults the requests"
+        );
+        let mut stored = request.object.clone();
+        prepare_for_create(&mut stored).unwrap();
+        assert_eq!(stored["status"]["phase"], "Pending");
+        let plan = PodPlan::from_admitted(&stored, "10.0.0.10", &kubelet).unwrap();
+        assert_eq!((&plan.name, &plan.uid), (&request.name, &request.uid));
         let hash = pod_template_hash(&d["spec"]["template"]);
         assert!(!hash.is_empty() && hash.bytes().all(|b| NAME_ALPHABET.contains(&b)));
         let prefix = format!("web-v1-{hash}-");
@@ -1166,10 +1311,14 @@ mod tests {
             "lattice-proxy"
         );
 
-        let mut no_sidecar = deployment();
-        no_sidecar["spec"]["template"]["spec"]["initContainers"][0]["restartPolicy"] = json!(null);
-        let e = PodPlan::from_deployment(&no_sidecar, "n", "10.0.0.10", &kubelet).unwrap_err();
+        let mut no_sidecar = stored.clone();
+        no_sidecar["spec"]["initContainers"][0]["restartPolicy"] = json!(null);
+        let e = PodPlan::from_admitted(&no_sidecar, "10.0.0.10", &kubelet).unwrap_err();
         assert!(e.to_string().contains("native sidecar"), "{e}");
+        let mut other_qos = stored;
+        other_qos["status"]["qosClass"] = json!("BestEffort");
+        let e = PodPlan::from_admitted(&other_qos, "10.0.0.10", &kubelet).unwrap_err();
+        assert!(e.to_string().contains("qosClass"), "{e}");
     }
 
     #[test]
@@ -1204,14 +1353,14 @@ mod tests {
         let cm = json!({"kind": "ConfigMap", "metadata": {"name": "lattice-redirector"},
                         "data": {"redirector.toml": "ports = [80]\n"}});
         let dir = std::env::temp_dir().join(format!("le-unit-volumes-{}", std::process::id()));
-        let host = AgentHost {
+        let host = PodHost {
             volumes_dir: &dir,
             cgroup2: Path::new("/sys/fs/cgroup/unified"),
             node_name: "node-1",
             pod_uid: "0000-1111",
-            admin_addr: "127.0.0.1:0",
+            addresses: &[("--admin-addr", "127.0.0.1:0"), ("--listen", "127.0.0.1:0")],
         };
-        let inv = AgentInvocation::from_daemonset(&ds, &[cm], &host).unwrap();
+        let inv = Invocation::from_workload(&ds, "lattice-redirector", &[cm], &host).unwrap();
         let config = dir.join("config/redirector.toml");
         assert_eq!(std::fs::read_to_string(&config).unwrap(), "ports = [80]\n");
         let _ = std::fs::remove_dir_all(&dir);

@@ -71,6 +71,49 @@ impl Selector {
         })
     }
 
+    /// A `metav1.LabelSelector` object (`matchLabels`, `matchExpressions` with `In`,
+    /// `NotIn`, `Exists`, `DoesNotExist`), as a webhook's `namespaceSelector` and
+    /// `objectSelector` are; absent or `{}` selects everything. Errors name the bad part.
+    pub(super) fn from_label_selector(selector: &Value) -> Result<Self, String> {
+        let mut labels = Vec::new();
+        if let Some(map) = selector.get("matchLabels").and_then(Value::as_object) {
+            for (key, value) in map {
+                let value = value
+                    .as_str()
+                    .ok_or_else(|| format!("matchLabels.{key} is not a string"))?;
+                labels.push(LabelRequirement::In(key.clone(), vec![value.to_owned()]));
+            }
+        }
+        for e in selector
+            .get("matchExpressions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let key = e["key"]
+                .as_str()
+                .ok_or_else(|| format!("matchExpressions entry without a key: {e}"))?
+                .to_owned();
+            let values: Vec<String> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            labels.push(match e["operator"].as_str() {
+                Some("In") => LabelRequirement::In(key, values),
+                Some("NotIn") => LabelRequirement::NotIn(key, values),
+                Some("Exists") => LabelRequirement::Exists(key),
+                Some("DoesNotExist") => LabelRequirement::NotExists(key),
+                other => return Err(format!("matchExpressions operator {other:?} of {key}")),
+            });
+        }
+        Ok(Self {
+            labels,
+            ..Self::default()
+        })
+    }
+
     /// Whether `pod` is selected.
     pub(super) fn matches(&self, pod: &Value) -> bool {
         if let Some(namespace) = &self.namespace {

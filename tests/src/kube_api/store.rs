@@ -8,7 +8,11 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::{selector::Selector, Status};
+use super::{
+    objects::{strategic_merge, Kind},
+    selector::Selector,
+    Status,
+};
 
 /// Annotation on the bookmark that ends the initial events of a streaming list.
 const INITIAL_EVENTS_END: &str = "k8s.io/initial-events-end";
@@ -69,6 +73,8 @@ pub(super) struct Store {
     /// The current resourceVersion: the last one assigned.
     rv: u64,
     pods: BTreeMap<(String, String), Value>,
+    /// The objects of [`super::objects::KINDS`], by (kind, namespace or "", name).
+    others: BTreeMap<(String, String, String), Value>,
     /// Every change with a resourceVersion above `compacted`, oldest first.
     history: VecDeque<Change>,
     compacted: u64,
@@ -84,6 +90,7 @@ impl Store {
         Self {
             rv: 1,
             pods: BTreeMap::new(),
+            others: BTreeMap::new(),
             history: VecDeque::new(),
             compacted: 1,
             watchers: BTreeMap::new(),
@@ -179,6 +186,87 @@ impl Store {
             prev,
         });
         pod
+    }
+
+    /// Creates or replaces an object of another kind (already [`normalise`]d): a new
+    /// resourceVersion, and a uid and creationTimestamp kept from the object it replaces or
+    /// made for a new one.
+    pub(super) fn put_object(&mut self, kind: Kind, mut object: Value, now: &str) -> Value {
+        let key = other_key(kind, &object);
+        let prev_meta = self.others.get(&key).map(|p| p["metadata"].clone());
+        let uid = match &prev_meta {
+            Some(prev) => prev["uid"].clone(),
+            None => json!(self.new_uid()),
+        };
+        let created = prev_meta
+            .map(|p| p["creationTimestamp"].clone())
+            .unwrap_or_else(|| json!(now));
+        self.rv += 1;
+        let metadata = &mut object["metadata"];
+        metadata["uid"] = uid;
+        metadata["creationTimestamp"] = created;
+        metadata["resourceVersion"] = json!(self.rv.to_string());
+        self.others.insert(key, object.clone());
+        object
+    }
+
+    /// An object of another kind.
+    pub(super) fn object(&self, kind: Kind, namespace: &str, name: &str) -> Option<Value> {
+        let ns = if kind.namespaced { namespace } else { "" };
+        self.others
+            .get(&(kind.name.to_owned(), ns.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// Every object of `kind`, by namespace and name.
+    pub(super) fn objects(&self, kind: Kind) -> Vec<Value> {
+        self.others
+            .iter()
+            .filter(|((k, _, _), _)| k == kind.name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// A strategic merge patch of a cluster-scoped object, as `PATCH` with
+    /// `application/strategic-merge-patch+json` does: 404 when absent, 409 when the patch
+    /// carries a `metadata.resourceVersion` other than the stored one (an optimistic
+    /// concurrency precondition), 422 when it cannot be applied.
+    pub(super) fn patch_object(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        patch: &Value,
+        now: &str,
+    ) -> Result<Value, Status> {
+        let Some(mut object) = self.object(kind, "", name) else {
+            return Err(Status::new(
+                404,
+                "NotFound",
+                format!("{}.{} \"{name}\" not found", kind.resource, group(kind)),
+            ));
+        };
+        let stored_rv = object["metadata"]["resourceVersion"].clone();
+        if let Some(rv) = patch.pointer("/metadata/resourceVersion") {
+            if *rv != stored_rv {
+                return Err(Status::new(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on {}.{} \"{name}\": the object has \
+                         been modified; please apply your changes to the latest version and \
+                         try again",
+                        kind.resource,
+                        group(kind)
+                    ),
+                ));
+            }
+        }
+        strategic_merge(kind, &mut object, patch)
+            .map_err(|e| Status::new(422, "Invalid", format!("{} {name}: {e}", kind.name)))?;
+        // What the patch may not change.
+        object["metadata"]["name"] = json!(name);
+        object["kind"] = json!(kind.name);
+        Ok(self.put_object(kind, object, now))
     }
 
     /// Deletes a pod; returns it as the DELETED event carries it, or `None` if it is absent
@@ -425,4 +513,28 @@ fn list_item(pod: &Value) -> Value {
         object.remove("kind");
     }
     item
+}
+
+/// The key of an object of another kind in [`Store::others`].
+fn other_key(kind: Kind, object: &Value) -> (String, String, String) {
+    let ns = if kind.namespaced {
+        object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default")
+    } else {
+        ""
+    };
+    (
+        kind.name.to_owned(),
+        ns.to_owned(),
+        object["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+/// The API group of `kind`, as `resource.group` in messages (`""` for the core group).
+fn group(kind: Kind) -> &'static str {
+    kind.api_version.rsplit_once('/').map_or("", |(g, _)| g)
 }

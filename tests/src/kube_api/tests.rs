@@ -17,6 +17,8 @@ use kube::{
 };
 use serde_json::{json, Value};
 
+use base64::Engine as _;
+
 use super::*;
 
 /// Bound on every wait of these tests; none is reached when things work.
@@ -641,4 +643,355 @@ async fn kube_runtime_watcher_pages_and_streams_initial_lists() {
     })
     .await;
     assert!(matches!(event, Ok(Event::Delete(pod)) if pod.name_any() == "a2"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Mutating admission and the webhook configurations
+
+/// What the scripted webhook does with a review, by path.
+#[derive(Debug, Clone, Copy)]
+enum Hook {
+    /// Adds the annotation `hook/<path>` when the pod has none (idempotent, as a real
+    /// injector is), with a warning.
+    Annotate,
+    /// Refuses with a message.
+    Deny,
+    /// Answers with another uid.
+    WrongUid,
+}
+
+/// A TLS webhook on 127.0.0.1 for `hook.webhooks.svc`, answering each path with `hooks`;
+/// returns its address, its CA (PEM) and the reviews it received.
+async fn webhook(
+    hooks: &'static [(&'static str, Hook)],
+) -> (SocketAddr, String, Arc<Mutex<Vec<(String, Value)>>>) {
+    let tls = crate::tls::generate(&["hook.webhooks.svc".to_owned()]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config.clone());
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, log) = (acceptor.clone(), log.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let log = log.clone();
+                    async move {
+                        let path = req.uri().path().to_owned();
+                        let review: Value =
+                            serde_json::from_slice(&req.into_body().collect().await?.to_bytes())
+                                .unwrap();
+                        lock(&log).push((path.clone(), review.clone()));
+                        let uid = review["request"]["uid"].clone();
+                        let hook = hooks.iter().find(|(p, _)| *p == path).map(|(_, h)| *h);
+                        let response = match hook {
+                            Some(Hook::Annotate) => {
+                                let key = format!("hook{}", path.replace('/', "~1"));
+                                let obj = &review["request"]["object"];
+                                let mut r = json!({"uid": uid, "allowed": true,
+                                                   "warnings": [format!("{path} looked")]});
+                                if obj["metadata"]["annotations"][format!("hook{path}")].is_null() {
+                                    let ops = if obj["metadata"]["annotations"].is_object() {
+                                        json!([{"op": "add", "path": format!("/metadata/annotations/{key}"), "value": "yes"}])
+                                    } else {
+                                        json!([{"op": "add", "path": "/metadata/annotations", "value": {format!("hook{path}"): "yes"}}])
+                                    };
+                                    r["patchType"] = json!("JSONPatch");
+                                    r["patch"] = json!(base64::engine::general_purpose::STANDARD
+                                        .encode(ops.to_string()));
+                                }
+                                r
+                            }
+                            Some(Hook::Deny) => json!({"uid": uid, "allowed": false,
+                                "status": {"message": "pods here need an owner"}}),
+                            Some(Hook::WrongUid) => json!({"uid": "not-it", "allowed": true}),
+                            None => json!({"uid": uid, "allowed": true}),
+                        };
+                        let answer = json!({"apiVersion": "admission.k8s.io/v1",
+                                            "kind": "AdmissionReview", "response": response});
+                        Ok::<_, hyper::Error>(Response::new(Full::new(Bytes::from(
+                            answer.to_string(),
+                        ))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, tls.ca_pem, seen)
+}
+
+/// A webhook entry for `path` on Service webhooks/hook, selecting namespaces labelled
+/// `inject=on`.
+fn webhook_entry(name: &str, path: &str, ca_pem: &str, extra: Value) -> Value {
+    let mut entry = json!({
+        "name": name,
+        "clientConfig": {
+            "service": {"namespace": "webhooks", "name": "hook", "path": path, "port": 443},
+            "caBundle": base64::engine::general_purpose::STANDARD.encode(ca_pem),
+        },
+        "rules": [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"],
+                   "resources": ["pods"], "scope": "Namespaced"}],
+        "namespaceSelector": {"matchLabels": {"inject": "on"}},
+        "sideEffects": "None",
+        "admissionReviewVersions": ["v1"],
+        "timeoutSeconds": 5,
+    });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        entry[k] = v.clone();
+    }
+    entry
+}
+
+fn webhook_config(name: &str, webhooks: Vec<Value>) -> Value {
+    json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+           "metadata": {"name": name}, "webhooks": webhooks})
+}
+
+/// The namespaces `apps` (opted in) and `other`, and Service + Endpoints webhooks/hook on
+/// `port` (named `https`, target port 8443 → `port` through the Endpoints).
+fn cluster(server: &FakeApiServer, port: u16) {
+    for (name, labels) in [("apps", json!({"inject": "on"})), ("other", json!({}))] {
+        server
+            .put_object(
+                json!({"kind": "Namespace", "metadata": {"name": name, "labels": labels}}),
+                None,
+            )
+            .unwrap();
+    }
+    server
+        .put_object(
+            json!({"kind": "Service", "metadata": {"name": "hook"},
+                   "spec": {"ports": [{"name": "https", "port": 443, "targetPort": 8443}]}}),
+            Some("webhooks"),
+        )
+        .unwrap();
+    server
+        .put_object(
+            json!({"kind": "Endpoints", "metadata": {"name": "hook"},
+                   "subsets": [{"addresses": [{"ip": "127.0.0.1"}],
+                                "ports": [{"name": "https", "port": port}]}]}),
+            Some("webhooks"),
+        )
+        .unwrap();
+}
+
+#[tokio::test]
+async fn admission_calls_the_selected_webhooks_and_stores_the_patched_pod() {
+    let (addr, ca, seen) = webhook(&[("/a", Hook::Annotate)]).await;
+    let server = FakeApiServer::start();
+    cluster(&server, addr.port());
+    server
+        .put_object(
+            webhook_config(
+                "hooks",
+                vec![webhook_entry("a.hooks.io", "/a", &ca, json!({}))],
+            ),
+            None,
+        )
+        .unwrap();
+
+    let created = server.create_pod(pod("apps", "p1", "n")).await.unwrap();
+    assert_eq!(created.object["metadata"]["annotations"]["hook/a"], "yes");
+    assert_eq!(created.calls, ["a.hooks.io: patched (1 operations)"]);
+    assert_eq!(created.warnings, ["/a looked"]);
+    // What the API server adds to a created pod, and the store has it.
+    assert_eq!(created.object["status"]["qosClass"], "BestEffort");
+    assert_eq!(server.get("apps", "p1").unwrap(), created.object);
+    {
+        let seen = lock(&seen);
+        let (path, review) = &seen[0];
+        assert_eq!(path, "/a");
+        assert_eq!(review["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(review["request"]["operation"], "CREATE");
+        assert_eq!(review["request"]["namespace"], "apps");
+        assert_eq!(review["request"]["object"]["metadata"]["name"], "p1");
+    }
+
+    // Not selected: stored as sent, no call.
+    let plain = server.create_pod(pod("other", "p2", "n")).await.unwrap();
+    assert!(plain.calls.is_empty());
+    assert!(plain.object["metadata"]["annotations"].is_null());
+    assert_eq!(lock(&seen).len(), 1);
+
+    // No namespace, or a pod that exists: refused as the real server refuses.
+    let e = server
+        .create_pod(pod("nowhere", "p3", "n"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, 404);
+    assert_eq!(e.status["message"], "namespaces \"nowhere\" not found");
+    let e = server.create_pod(pod("apps", "p1", "n")).await.unwrap_err();
+    assert_eq!(
+        (e.code, e.status["reason"].as_str()),
+        (409, Some("AlreadyExists"))
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_that_fails_or_denies_refuses_the_pod_unless_ignored() {
+    let (addr, ca, _) = webhook(&[("/deny", Hook::Deny), ("/uid", Hook::WrongUid)]).await;
+    let other_ca = crate::tls::generate(&["hook.webhooks.svc".to_owned()])
+        .unwrap()
+        .ca_pem;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cases = [
+        (
+            "/deny",
+            ca.as_str(),
+            400,
+            "admission webhook \"w.hooks.io\" denied the request: pods here need an owner",
+        ),
+        ("/uid", ca.as_str(), 500, "expected response.uid="),
+        (
+            "/deny",
+            other_ca.as_str(),
+            500,
+            "failed calling webhook \"w.hooks.io\"",
+        ),
+    ];
+    for (path, ca, code, text) in cases {
+        let server = FakeApiServer::start();
+        cluster(&server, addr.port());
+        server
+            .put_object(
+                webhook_config(
+                    "hooks",
+                    vec![webhook_entry("w.hooks.io", path, ca, json!({}))],
+                ),
+                None,
+            )
+            .unwrap();
+        let e = server.create_pod(pod("apps", "p", "n")).await.unwrap_err();
+        assert_eq!(e.code, code, "{path}: {e}");
+        assert!(e.to_string().contains(text), "{path}: {e}");
+        assert!(
+            server.get("apps", "p").is_none(),
+            "{path}: a refused pod is not stored"
+        );
+    }
+
+    // Nothing listens: Fail refuses, Ignore admits the pod as it was.
+    for (policy, admitted) in [("Fail", false), ("Ignore", true)] {
+        let server = FakeApiServer::start();
+        cluster(&server, closed);
+        let entry = webhook_entry("w.hooks.io", "/a", &ca, json!({"failurePolicy": policy}));
+        server
+            .put_object(webhook_config("hooks", vec![entry]), None)
+            .unwrap();
+        let result = server.create_pod(pod("apps", "p", "n")).await;
+        assert_eq!(result.is_ok(), admitted, "{policy}: {result:?}");
+        match result {
+            Ok(a) => assert!(a.calls[0].contains("failed, ignored"), "{:?}", a.calls),
+            Err(e) => assert!(e.to_string().contains("failed calling webhook"), "{e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_webhook_is_reinvoked_when_a_later_one_changed_the_pod() {
+    let (addr, ca, seen) = webhook(&[("/a", Hook::Annotate), ("/b", Hook::Annotate)]).await;
+    let server = FakeApiServer::start();
+    cluster(&server, addr.port());
+    // Configurations run in name order: a-... before b-....
+    let a = webhook_entry(
+        "a.hooks.io",
+        "/a",
+        &ca,
+        json!({"reinvocationPolicy": "IfNeeded"}),
+    );
+    let b = webhook_entry("b.hooks.io", "/b", &ca, json!({}));
+    server
+        .put_object(webhook_config("b-config", vec![b]), None)
+        .unwrap();
+    server
+        .put_object(webhook_config("a-config", vec![a]), None)
+        .unwrap();
+    let created = server.create_pod(pod("apps", "p", "n")).await.unwrap();
+    assert_eq!(
+        created.calls,
+        [
+            "a.hooks.io: patched (1 operations)",
+            "b.hooks.io: patched (1 operations)",
+            "a.hooks.io: no patch"
+        ]
+    );
+    let paths: Vec<String> = lock(&seen).iter().map(|(p, _)| p.clone()).collect();
+    assert_eq!(paths, ["/a", "/b", "/a"]);
+    // The reinvocation saw b's change.
+    assert_eq!(
+        lock(&seen)[2].1["request"]["object"]["metadata"]["annotations"]["hook/b"],
+        "yes"
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_configuration_is_patched_by_strategic_merge_with_its_resource_version() {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use kube::api::{Patch, PatchParams};
+    let server = FakeApiServer::start();
+    let entries = vec![
+        webhook_entry("a.hooks.io", "/a", "old-ca", json!({})),
+        webhook_entry("b.hooks.io", "/b", "old-ca", json!({})),
+    ];
+    let stored = server
+        .put_object(webhook_config("hooks", entries), None)
+        .unwrap();
+    let rv = stored["metadata"]["resourceVersion"].clone();
+    let client = kube_client(&server).await;
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client);
+    let got = api.get("hooks").await.unwrap();
+    assert_eq!(got.webhooks.as_ref().unwrap().len(), 2);
+
+    let patch = json!({"metadata": {"resourceVersion": rv},
+                       "webhooks": [{"name": "b.hooks.io", "clientConfig": {"caBundle": "bmV3"}}]});
+    api.patch("hooks", &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .unwrap();
+    let now = server
+        .object("MutatingWebhookConfiguration", "", "hooks")
+        .unwrap();
+    assert_eq!(now["webhooks"][1]["clientConfig"]["caBundle"], "bmV3");
+    assert_eq!(
+        now["webhooks"][1]["clientConfig"]["service"]["path"], "/b",
+        "merged, not replaced"
+    );
+    assert_eq!(
+        now["webhooks"][0], stored["webhooks"][0],
+        "the other entry is untouched"
+    );
+
+    // The same patch again carries a stale resourceVersion: 409, as for two replicas racing.
+    match api
+        .patch("hooks", &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+    {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 409, "{status:?}"),
+        other => panic!("expected a 409, got {other:?}"),
+    }
+    // Another patch type is refused; an absent object is 404.
+    match api
+        .patch("hooks", &PatchParams::default(), &Patch::Merge(&json!({})))
+        .await
+    {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 415, "{status:?}"),
+        other => panic!("expected a 415, got {other:?}"),
+    }
+    match api.get("nope").await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 404, "{status:?}"),
+        other => panic!("expected a 404, got {other:?}"),
+    }
 }

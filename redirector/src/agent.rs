@@ -10,6 +10,7 @@ use crate::host;
 use crate::install::{self, Layout};
 use crate::kubelet;
 use crate::maps::{Maps, Source};
+use crate::pins;
 use crate::reload::{self, Watch};
 use crate::watch;
 use redirector_common::programs;
@@ -177,6 +178,17 @@ pub async fn run(opts: Options) -> Result<()> {
     }
 
     let inst = install::install(&attach, &layout, install::OBJECT)?;
+    // Held for as long as the agent runs: the programs stay attached even if their pins go.
+    let mut held = match pins::Held::take(&layout, &inst.generation) {
+        Ok(held) => held,
+        Err(e) => {
+            if !inst.adopted {
+                let _ = install::uninstall(&layout);
+            }
+            return Err(e);
+        }
+    };
+    let mut replaced_logged = false;
     let mut maps = inst.maps;
     if let Err(e) = apply(&mut maps, &cfg, &cgroup_root) {
         if !inst.adopted {
@@ -265,6 +277,27 @@ pub async fn run(opts: Options) -> Result<()> {
                 }
             }
             _ = tick.tick() => {
+                match held.restore() {
+                    Ok(pins::Restored::Intact) => {}
+                    Ok(pins::Restored::Pinned(paths)) => tracing::warn!(
+                        pins = ?paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                        "pins were removed under the running agent; restored from its own \
+                         references (the programs stayed attached meanwhile). To remove \
+                         lattice-egress, stop the agent first, then run `lattice-redirector \
+                         uninstall`"
+                    ),
+                    Ok(pins::Restored::Replaced { by }) => {
+                        if !replaced_logged {
+                            replaced_logged = true;
+                            tracing::info!(
+                                newer = ?by.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                                "another generation of the programs is pinned beside ours (a newer \
+                                 agent): ours is not restored"
+                            );
+                        }
+                    }
+                    Err(e) => tracing::error!("restoring the pins failed: {e}"),
+                }
                 let (Some(path), Some(watch)) = (&opts.config_file, watch.as_mut()) else {
                     continue;
                 };

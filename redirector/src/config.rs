@@ -613,6 +613,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a cgroup"), "{e}");
+        // `..` inside the root resolves to the cgroup it names.
+        std::fs::create_dir(dir.path().join("other")).unwrap();
+        let p = cgroup_path(dir.path(), Path::new("other/../pod")).unwrap();
+        assert_eq!(p, std::fs::canonicalize(dir.path().join("pod")).unwrap());
+    }
+
+    #[test]
+    fn symlinked_cgroup_paths_resolve_and_may_not_leave_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("pod")).unwrap();
+        std::fs::write(root.path().join("pod/cgroup.procs"), "").unwrap();
+        std::fs::write(outside.path().join("cgroup.procs"), "").unwrap();
+        std::os::unix::fs::symlink(root.path().join("pod"), root.path().join("alias")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("escape")).unwrap();
+        // A link to a cgroup inside: the real cgroup is enrolled (its inode is its id).
+        let p = cgroup_path(root.path(), Path::new("alias")).unwrap();
+        assert_eq!(p, std::fs::canonicalize(root.path().join("pod")).unwrap());
+        // A link that leads out of the hierarchy is refused, naming what was given.
+        let e = cgroup_path(root.path(), Path::new("escape"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("escape") && e.contains("not a cgroup"), "{e}");
     }
 
     #[test]

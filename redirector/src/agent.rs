@@ -214,9 +214,7 @@ pub async fn run(opts: Options) -> Result<()> {
         pins = %layout.root.display(),
         generation = %inst.generation.display(),
         adopted = inst.adopted,
-        prefixes = ?cfg.prefixes.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-        ports = ?cfg.ports,
-        gids = ?cfg.gids,
+        config = %cfg,
         proxy_port = cfg.proxy_port,
         enrolled = cfg.cgroups.len(),
         "{} programs; redirecting",
@@ -280,7 +278,7 @@ pub async fn run(opts: Options) -> Result<()> {
                 match held.restore() {
                     Ok(pins::Restored::Intact) => {}
                     Ok(pins::Restored::Pinned(paths)) => tracing::warn!(
-                        pins = ?paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                        pins = %paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
                         "pins were removed under the running agent; restored from its own \
                          references (the programs stayed attached meanwhile). To remove \
                          lattice-egress, stop the agent first, then run `lattice-redirector \
@@ -290,7 +288,7 @@ pub async fn run(opts: Options) -> Result<()> {
                         if !replaced_logged {
                             replaced_logged = true;
                             tracing::info!(
-                                newer = ?by.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+                                newer = %by.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
                                 "another generation of the programs is pinned beside ours (a newer \
                                  agent): ours is not restored"
                             );
@@ -316,7 +314,7 @@ pub async fn run(opts: Options) -> Result<()> {
                     Ok(()) => {
                         shared.reloads_ok.fetch_add(1, Ordering::Relaxed);
                         if new != cfg {
-                            tracing::info!(reason = why, config = ?new, "configuration applied to the live maps");
+                            tracing::info!(reason = why, config = %new, "configuration applied to the live maps");
                         } else {
                             tracing::info!(
                                 reason = why,

@@ -61,11 +61,11 @@ pub struct BenchProxy {
     pub instructions: bool,
 }
 
-const HOST: &str = "svc.example.com";
-const BODY_BYTES: usize = 1024;
+pub(crate) const HOST: &str = "svc.example.com";
+pub(crate) const BODY_BYTES: usize = 1024;
 
 /// Kills a child process on drop (benchmark servers must never outlive the run).
-struct Guard(Child, &'static str);
+pub(crate) struct Guard(pub(crate) Child, pub(crate) &'static str);
 impl Drop for Guard {
     fn drop(&mut self) {
         // SIGTERM first so nginx removes its pid file and lattice-proxy drains; then reap.
@@ -86,7 +86,7 @@ impl Drop for Guard {
 }
 
 /// Removes the scratch directory on drop.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(pub(crate) PathBuf);
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -94,12 +94,12 @@ impl Drop for Scratch {
 }
 
 #[derive(Debug, Clone, Copy, Default)]
-struct WrkResult {
-    rps: f64,
+pub(crate) struct WrkResult {
+    pub(crate) rps: f64,
     p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-    requests: u64,
+    pub(crate) p99_ms: f64,
+    pub(crate) errors: u64,
+    pub(crate) requests: u64,
     /// CPU time (user + system) the proxying processes spent per request, in µs: less
     /// sensitive than requests/s to other load on a shared machine.
     cpu_us: f64,
@@ -325,7 +325,7 @@ pub fn run(opts: &BenchProxy) -> Result<()> {
 
 /// 1 000 connections need more descriptors than the usual soft limit of 1 024; children
 /// (lattice-proxy, nginx) inherit the raised limit.
-fn raise_nofile() {
+pub(crate) fn raise_nofile() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -338,12 +338,12 @@ fn raise_nofile() {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     // Bind port 0 and release it: nginx needs the number in its configuration.
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn wait_port(port: u16) -> Result<Duration> {
+pub(crate) fn wait_port(port: u16) -> Result<Duration> {
     let start = Instant::now();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     while start.elapsed() < Duration::from_secs(20) {
@@ -359,7 +359,7 @@ fn wait_port(port: u16) -> Result<Duration> {
     bail!("nothing listens on 127.0.0.1:{port} after 20 s")
 }
 
-fn wait_ready(admin_port: u16, since: Instant) -> Result<Duration> {
+pub(crate) fn wait_ready(admin_port: u16, since: Instant) -> Result<Duration> {
     while since.elapsed() < Duration::from_secs(20) {
         if let Ok(resp) = http_get(admin_port, "/readyz", "localhost") {
             if resp.starts_with("HTTP/1.1 200") {
@@ -371,7 +371,7 @@ fn wait_ready(admin_port: u16, since: Instant) -> Result<Duration> {
     bail!("lattice-proxy did not become ready within 20 s")
 }
 
-fn http_get(port: u16, path: &str, host: &str) -> Result<String> {
+pub(crate) fn http_get(port: u16, path: &str, host: &str) -> Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
@@ -383,7 +383,7 @@ fn http_get(port: u16, path: &str, host: &str) -> Result<String> {
     Ok(out)
 }
 
-fn check_200(port: u16) -> Result<()> {
+pub(crate) fn check_200(port: u16) -> Result<()> {
     let resp = http_get(port, "/", HOST)?;
     if !resp.starts_with("HTTP/1.1 200") || !resp.ends_with(&"x".repeat(BODY_BYTES)) {
         bail!("127.0.0.1:{port} did not answer 200 with the 1 KiB body:\n{resp}");
@@ -391,7 +391,7 @@ fn check_200(port: u16) -> Result<()> {
     Ok(())
 }
 
-fn make_certs(dir: &Path) -> Result<()> {
+pub(crate) fn make_certs(dir: &Path) -> Result<()> {
     let d = |f: &str| dir.join(f).to_str().unwrap().to_string();
     output(Command::new("openssl").args([
         "req",
@@ -454,7 +454,7 @@ fn make_certs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn upstream_conf(dir: &Path, port: u16, h2: bool) -> String {
+pub(crate) fn upstream_conf(dir: &Path, port: u16, h2: bool) -> String {
     let body = "x".repeat(BODY_BYTES);
     format!(
         "worker_processes 2;\ndaemon off;\npid {d}/upstream.pid;\nerror_log {d}/upstream.err warn;\n\
@@ -489,7 +489,7 @@ fn anchor_conf_with(dir: &Path, port: u16, up_port: u16, processes: &str) -> Str
 }
 
 /// The proxy command line of the wrk rounds, with the environment the benchmark gives it.
-fn proxy_command(program: &Path, dir: &Path, ports: [u16; 3]) -> Command {
+pub(crate) fn proxy_command(program: &Path, dir: &Path, ports: [u16; 3]) -> Command {
     let [up_port, proxy_port, admin_port] = ports;
     let mut cmd = Command::new(program);
     cmd.args([
@@ -695,7 +695,7 @@ fn callgrind_totals(dump: &str) -> Result<(u64, u64)> {
     Ok((total, sha))
 }
 
-fn start_nginx(dir: &Path, name: &'static str, conf: &str) -> Result<Guard> {
+pub(crate) fn start_nginx(dir: &Path, name: &'static str, conf: &str) -> Result<Guard> {
     let path = dir.join(format!("{name}.conf"));
     std::fs::write(&path, conf)?;
     let child = Command::new("nginx")
@@ -707,11 +707,29 @@ fn start_nginx(dir: &Path, name: &'static str, conf: &str) -> Result<Guard> {
 }
 
 fn wrk(opts: &BenchProxy, url: &str, server_pid: u32) -> Result<WrkResult> {
+    wrk_run(
+        opts.threads,
+        opts.connections,
+        opts.duration,
+        url,
+        server_pid,
+    )
+}
+
+/// One wrk run of keep-alive GETs with Host svc.example.com, with the CPU time the
+/// processes of `server_pid` spent per request.
+pub(crate) fn wrk_run(
+    threads: u32,
+    connections: u32,
+    seconds: u64,
+    url: &str,
+    server_pid: u32,
+) -> Result<WrkResult> {
     let (user_before, sys_before) = cpu_ticks_tree(server_pid);
     let out = output(Command::new("wrk").args([
-        &format!("-t{}", opts.threads),
-        &format!("-c{}", opts.connections),
-        &format!("-d{}s", opts.duration),
+        &format!("-t{threads}"),
+        &format!("-c{connections}"),
+        &format!("-d{seconds}s"),
         "--latency",
         "-H",
         &format!("Host: {HOST}"),
@@ -827,7 +845,7 @@ fn median(v: &[WrkResult]) -> WrkResult {
 
 /// Opens `n` keep-alive connections and sends one request on each, so each is a live,
 /// used HTTP connection (with its upstream side pooled) when memory is measured.
-fn open_connections(port: u16, n: usize) -> Result<Vec<TcpStream>> {
+pub(crate) fn open_connections(port: u16, n: usize) -> Result<Vec<TcpStream>> {
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
         let mut s = TcpStream::connect(("127.0.0.1", port))?;
@@ -847,7 +865,7 @@ fn open_connections(port: u16, n: usize) -> Result<Vec<TcpStream>> {
     Ok(conns)
 }
 
-fn rss_kib(pid: u32) -> Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

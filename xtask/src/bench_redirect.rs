@@ -237,8 +237,10 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-pub fn run(opts: &BenchRedirect) -> Result<()> {
-    setup::require_root("cargo xtask bench redirect")?;
+/// Builds the agent, creates the namespaces of `cases` and the cgroups (and the iptables
+/// rules when the iptables case is among them), and starts the agent for the ebpf case.
+fn prepare(what: &str, cases: &[&str]) -> Result<Env> {
+    setup::require_root(what)?;
     setup::apt_install(&["iproute2", "iptables", "conntrack"])?;
     crate::ebpf::run(&crate::ebpf::BuildEbpf {})?;
     let root = setup::workspace_root();
@@ -262,7 +264,7 @@ pub fn run(opts: &BenchRedirect) -> Result<()> {
     step("creating one network namespace per case, the cgroups and the iptables rules");
     std::fs::create_dir_all(env.cg_root.join("app"))?;
     std::fs::create_dir_all(&env.cg_plain)?;
-    for case in CASES {
+    for case in cases {
         let ns = netns(case);
         sh(Command::new("ip").args(["netns", "add", &ns]))?;
         sh(Command::new("ip").args(["-n", &ns, "link", "set", "lo", "up"]))?;
@@ -270,16 +272,18 @@ pub fn run(opts: &BenchRedirect) -> Result<()> {
     // The seed's rule, verbatim, inside its own namespace; the route makes 169.254.171.0/24
     // routable there (the nat OUTPUT hook runs after routing).
     let ipt = netns("iptables");
-    sh(Command::new("ip").args(["-n", &ipt, "route", "add", "169.254.171.0/24", "dev", "lo"]))?;
-    for rule in [
-        "-t nat -N EGRESS_PROXY",
-        "-t nat -A OUTPUT -p tcp -d 169.254.171.0/24 -j EGRESS_PROXY",
-        "-t nat -A EGRESS_PROXY -m owner --gid-owner 0 -j RETURN",
-        "-t nat -A EGRESS_PROXY -p tcp -j REDIRECT --to-ports 15001",
-    ] {
-        sh(Command::new("ip")
-            .args(["netns", "exec", &ipt, "iptables"])
-            .args(rule.split_whitespace()))?;
+    if cases.contains(&"iptables") {
+        sh(Command::new("ip").args(["-n", &ipt, "route", "add", "169.254.171.0/24", "dev", "lo"]))?;
+        for rule in [
+            "-t nat -N EGRESS_PROXY",
+            "-t nat -A OUTPUT -p tcp -d 169.254.171.0/24 -j EGRESS_PROXY",
+            "-t nat -A EGRESS_PROXY -m owner --gid-owner 0 -j RETURN",
+            "-t nat -A EGRESS_PROXY -p tcp -j REDIRECT --to-ports 15001",
+        ] {
+            sh(Command::new("ip")
+                .args(["netns", "exec", &ipt, "iptables"])
+                .args(rule.split_whitespace()))?;
+        }
     }
     step("starting lattice-redirector for the ebpf case");
     let mut agent = Command::new(&agent_bin)
@@ -306,6 +310,66 @@ pub fn run(opts: &BenchRedirect) -> Result<()> {
         }
     }
     std::thread::spawn(move || lines.for_each(drop));
+    Ok(env)
+}
+
+/// What a connect storm through the eBPF redirect left behind.
+pub(crate) struct Storm {
+    /// Connects made, each accepted by the proxy's stand-in through the redirect.
+    pub(crate) connects: usize,
+    /// Wall time of the storm.
+    pub(crate) elapsed: Duration,
+    /// p99 of connect+accept+close, µs.
+    pub(crate) p99_us: f64,
+    /// The agent's `redirected` counter after the storm.
+    pub(crate) redirected: u64,
+    /// "tracked connections: …" of `status` after the storm.
+    pub(crate) tracked: String,
+}
+
+/// `count` sequential connects from the app's cgroup (gid 1000) to 169.254.171.5:80,
+/// redirected by the eBPF programs to a listener that accepts each; a connect that is not
+/// redirected fails the loop (the address has no route in the namespace).
+pub(crate) fn storm(count: u32) -> Result<Storm> {
+    let env = prepare("cargo xtask bench soak (the connect storm)", &["ebpf"])?;
+    step(&format!(
+        "connect storm: {count} connects through the eBPF redirect"
+    ));
+    let started = Instant::now();
+    let (mut samples, _) = run_case(&env, "ebpf", count)?;
+    let elapsed = started.elapsed();
+    samples.sort_unstable();
+    let out = Command::new(&env.agent_bin)
+        .arg("--pin-dir")
+        .arg(&env.pins)
+        .arg("status")
+        .output()
+        .context("lattice-redirector status")?;
+    let status = String::from_utf8_lossy(&out.stdout).into_owned();
+    let tracked = status
+        .lines()
+        .find(|l| l.contains("tracked connections"))
+        .unwrap_or("(no tracked connections line)")
+        .trim()
+        .to_owned();
+    let redirected = status
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some("redirected")).then(|| f.next()?.parse().ok())?
+        })
+        .unwrap_or(0);
+    Ok(Storm {
+        connects: samples.len(),
+        elapsed,
+        p99_us: percentile(&samples, 0.99),
+        redirected,
+        tracked,
+    })
+}
+
+pub fn run(opts: &BenchRedirect) -> Result<()> {
+    let env = prepare("cargo xtask bench redirect", &CASES)?;
 
     step(&format!(
         "measuring: {} rounds x {} cases x {} connect+accept+close, interleaved",

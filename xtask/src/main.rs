@@ -4,6 +4,7 @@
 
 mod bench_proxy;
 mod bench_redirect;
+mod bench_soak;
 mod demo;
 mod ebpf;
 mod image;
@@ -52,6 +53,9 @@ enum Bench {
     Redirect(bench_redirect::BenchRedirect),
     /// Keep-alive GETs: lattice-proxy vs nginx vs direct TLS.
     Proxy(bench_proxy::BenchProxy),
+    /// Long runs: 10 000 open connections, 1 000 000 signed requests (RSS drift), clients
+    /// vanishing mid-request (descriptor leaks), a 50 000-connect storm through the redirect.
+    Soak(bench_soak::BenchSoak),
 }
 
 fn main() {
@@ -66,6 +70,7 @@ fn main() {
         Task::Bench { which } => match which {
             Bench::Redirect(opts) => bench_redirect::run(&opts),
             Bench::Proxy(opts) => bench_proxy::run(&opts),
+            Bench::Soak(opts) => bench_soak::run(&opts),
         },
     };
     if let Err(err) = result {

@@ -153,6 +153,11 @@ pub struct Args {
     #[arg(long, env = "LATTICE_PROXY_RESPONSE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub response_timeout: Duration,
 
+    /// How often --ca-file is checked for new content (a CA rotation: new connections trust
+    /// the new bundle without a restart); 0s never checks.
+    #[arg(long, env = "LATTICE_PROXY_CA_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub ca_reload_interval: Duration,
+
     /// How long idle upstream connections stay pooled.
     #[arg(long, env = "LATTICE_PROXY_POOL_IDLE_TIMEOUT", default_value = "90s", value_parser = parse_duration)]
     pub pool_idle_timeout: Duration,
@@ -407,6 +412,7 @@ impl Config {
                 pool_idle_timeout: args.pool_idle_timeout,
                 pool_max_idle_per_host: args.pool_max_idle_per_host,
                 resolve,
+                ca_reload_interval: args.ca_reload_interval,
             },
             drain_timeout: args.drain_timeout,
             max_header_bytes: args.max_header_bytes,

@@ -8,7 +8,7 @@
 //! The crate is flat on purpose (one module per step): [`config`] turns flags into a
 //! [`config::Config`], [`server`] accepts connections, [`proxy`] handles one request
 //! (check host → rewrite URI → strip hop-by-hop → sign → forward), [`allow`], [`sign`],
-//! [`credentials`] and [`upstream`] implement the steps, [`error`] is the one place where
+//! [`credentials`], [`upstream`] and [`trust`] implement the steps, [`error`] is the one place where
 //! failures become responses, [`admin`] and [`metrics`] serve operations.
 
 #![deny(missing_docs)]
@@ -28,4 +28,5 @@ pub mod proxy;
 pub mod redirect_check;
 pub mod server;
 pub mod sign;
+pub mod trust;
 pub mod upstream;

@@ -27,6 +27,7 @@ use crate::orig_dst;
 use crate::pool::Pool;
 use crate::proxy::{ConnInfo, Proxy};
 use crate::sign::Signer;
+use crate::trust::Trust;
 use crate::upstream::{self, Connector, TlsConfigError};
 
 /// Why the proxy could not start.
@@ -107,11 +108,21 @@ pub async fn start(
         let bootstrap = upstream::tls_config(&api, &[])?;
         let client = upstream::client(
             &config.upstream,
-            Connector::new(&config.upstream, bootstrap, metrics.clone()),
+            Connector::new(&config.upstream, Trust::fixed(bootstrap), metrics.clone()),
         );
         fetched_roots = ca.fetch(&client, &credentials).await?;
     }
-    let tls = upstream::tls_config(&config.upstream, &fetched_roots)?;
+    let tls = Trust::new(
+        upstream::tls_config(&config.upstream, &fetched_roots)?,
+        &mut registry,
+    );
+    if config.upstream.ca_file.is_some() && !config.upstream.ca_reload_interval.is_zero() {
+        tokio::spawn(tls.clone().watch(
+            config.upstream.clone(),
+            fetched_roots,
+            config.upstream.ca_reload_interval,
+        ));
+    }
 
     let mut listeners = Vec::new();
     let mut proxy_addrs = Vec::new();
@@ -273,7 +284,7 @@ pub async fn start(
 /// What every worker shares.
 struct Shared {
     config: Config,
-    tls: Arc<rustls::ClientConfig>,
+    tls: Arc<Trust>,
     signer: Arc<Signer>,
     credentials: CredentialsCache,
     metrics: Arc<Metrics>,

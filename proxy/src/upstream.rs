@@ -27,6 +27,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::body::ProxyBody;
 use crate::metrics::Metrics;
+use crate::trust::Trust;
 
 /// Upstream settings.
 #[derive(Debug, Clone)]
@@ -50,6 +51,8 @@ pub struct UpstreamConfig {
     /// Static name → addresses overrides (like curl's `--resolve`); an empty list answers
     /// "no such host".
     pub resolve: HashMap<String, Vec<IpAddr>>,
+    /// How often `ca_file` is checked for new content (zero: never).
+    pub ca_reload_interval: Duration,
 }
 
 /// Why an upstream connection could not be opened.
@@ -203,7 +206,7 @@ pub struct Connector {
 }
 
 struct ConnectorInner {
-    tls: TlsConnector,
+    trust: Arc<Trust>,
     connect_timeout: Duration,
     tls_timeout: Duration,
     resolve: HashMap<String, Vec<IpAddr>>,
@@ -211,15 +214,11 @@ struct ConnectorInner {
 }
 
 impl Connector {
-    /// A connector with the given TLS configuration.
-    pub fn new(
-        cfg: &UpstreamConfig,
-        tls: Arc<rustls::ClientConfig>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// A connector whose new connections use `trust`'s current TLS configuration.
+    pub fn new(cfg: &UpstreamConfig, trust: Arc<Trust>, metrics: Arc<Metrics>) -> Self {
         Connector {
             inner: Arc::new(ConnectorInner {
-                tls: TlsConnector::from(tls),
+                trust,
                 connect_timeout: cfg.connect_timeout,
                 tls_timeout: cfg.tls_timeout,
                 resolve: cfg
@@ -306,7 +305,8 @@ impl ConnectorInner {
             host: host.clone(),
             cause: format!("{host} is not a valid TLS server name: {e}"),
         })?;
-        let tls = tokio::time::timeout(self.tls_timeout, self.tls.connect(name, tcp))
+        let connector = TlsConnector::from(self.trust.current());
+        let tls = tokio::time::timeout(self.tls_timeout, connector.connect(name, tcp))
             .await
             .map_err(|_| ConnectError::TlsTimeout {
                 host: host.clone(),
@@ -347,6 +347,9 @@ pub fn describe_tls_error(err: &io::Error) -> String {
         rustls::Error::InvalidCertificate(
             CertificateError::Expired | CertificateError::ExpiredContext { .. },
         ) => "certificate verification failed: the certificate has expired".into(),
+        // A trusted CA has the issuer's name but not its key: the bundle predates a CA
+        // rotation (a new Private CA often keeps the old one's name).
+        rustls::Error::InvalidCertificate(CertificateError::BadSignature) => "certificate verification failed: bad signature: a trusted CA has the issuer's name but another key; is the CA bundle (--ca-file) current after a CA rotation?".into(),
         rustls::Error::InvalidCertificate(
             CertificateError::UnsupportedSignatureAlgorithmContext { .. }
             | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. },
@@ -491,6 +494,7 @@ mod tests {
             supported_algorithms: Vec::new(),
         });
         assert!(!unsupported.contains(['{', '[']), "{unsupported}");
+        assert!(tls_failure(CertificateError::BadSignature).contains("CA rotation"));
         assert_eq!(
             tls_failure(CertificateError::UnknownIssuer),
             "certificate verification failed: unknown issuer; add the private CA with --ca-file"

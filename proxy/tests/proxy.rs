@@ -1026,3 +1026,60 @@ async fn without_credentials_the_answers_are_one_readable_line() {
     );
     p.shutdown().await;
 }
+
+/// Replaces `file` as kubelet updates a mounted ConfigMap or Secret: a new file renamed
+/// over the old one, so the proxy never reads it half-written.
+fn replace_file(file: &std::path::Path, contents: &[u8]) {
+    let tmp = file.with_extension("new");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
+}
+
+#[tokio::test]
+async fn a_replaced_ca_bundle_is_trusted_by_new_connections_without_a_restart() {
+    let up = Upstream::start().await;
+    // The bundle starts with another CA's certificate (before an AWS Private CA rotation
+    // reaches the pod): Lattice's certificate is not trusted.
+    let other = TestPki::new();
+    let dir = TempDir::new("ca-rotation");
+    let bundle = dir.0.join("ca.pem");
+    std::fs::copy(&other.ca_file, &bundle).unwrap();
+    // No idle pooling: every request opens a new upstream connection with the trust of now.
+    let mut cfg = config(
+        &up,
+        &[
+            "--ca-reload-interval",
+            "50ms",
+            "--pool-max-idle-per-host",
+            "0",
+        ],
+    );
+    cfg.upstream.ca_file = Some(bundle.clone());
+    let proxy = start_proxy(cfg).await;
+    let (addr, admin) = (proxy.proxy_addrs()[0], proxy.admin_addr());
+    let (status, _, body) = send(addr, "GET", HOST, "/", b"").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    // Both test CAs have the same name, as a rotated Private CA often has.
+    assert!(body.contains("after a CA rotation"), "{body}");
+    assert!(has_metric(admin, "lattice_proxy_ca_reloads_total{result=\"ok\"} 0").await);
+
+    // The rotation: the new bundle holds Lattice's CA.
+    replace_file(&bundle, &std::fs::read(&up.pki.ca_file).unwrap());
+    eventually("the new CA bundle is loaded", async || {
+        has_metric(admin, "lattice_proxy_ca_reloads_total{result=\"ok\"} 1").await
+    })
+    .await;
+    let (status, _, body) = send(addr, "GET", HOST, "/", b"").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // A broken bundle is refused and the trust in use is kept.
+    replace_file(&bundle, b"not a PEM bundle\n");
+    eventually("the broken CA bundle is refused", async || {
+        has_metric(admin, "lattice_proxy_ca_reloads_total{result=\"error\"} 1").await
+    })
+    .await;
+    let (status, _, body) = send(addr, "GET", HOST, "/", b"").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(has_metric(admin, "lattice_proxy_ca_reloads_total{result=\"ok\"} 1").await);
+    proxy.shutdown().await;
+}

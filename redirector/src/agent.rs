@@ -10,6 +10,7 @@ use crate::host;
 use crate::install::{self, Layout};
 use crate::kubelet;
 use crate::maps::{Maps, Source};
+use crate::pins;
 use crate::reload::{self, Watch};
 use crate::watch;
 use redirector_common::programs;
@@ -177,6 +178,17 @@ pub async fn run(opts: Options) -> Result<()> {
     }
 
     let inst = install::install(&attach, &layout, install::OBJECT)?;
+    // Held for as long as the agent runs: the programs stay attached even if their pins go.
+    let mut held = match pins::Held::take(&layout, &inst.generation) {
+        Ok(held) => held,
+        Err(e) => {
+            if !inst.adopted {
+                let _ = install::uninstall(&layout);
+            }
+            return Err(e);
+        }
+    };
+    let mut replaced_logged = false;
     let mut maps = inst.maps;
     if let Err(e) = apply(&mut maps, &cfg, &cgroup_root) {
         if !inst.adopted {
@@ -202,9 +214,7 @@ pub async fn run(opts: Options) -> Result<()> {
         pins = %layout.root.display(),
         generation = %inst.generation.display(),
         adopted = inst.adopted,
-        prefixes = ?cfg.prefixes.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-        ports = ?cfg.ports,
-        gids = ?cfg.gids,
+        config = %cfg,
         proxy_port = cfg.proxy_port,
         enrolled = cfg.cgroups.len(),
         "{} programs; redirecting",
@@ -265,6 +275,27 @@ pub async fn run(opts: Options) -> Result<()> {
                 }
             }
             _ = tick.tick() => {
+                match held.restore() {
+                    Ok(pins::Restored::Intact) => {}
+                    Ok(pins::Restored::Pinned(paths)) => tracing::warn!(
+                        pins = %paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+                        "pins were removed under the running agent; restored from its own \
+                         references (the programs stayed attached meanwhile). To remove \
+                         lattice-egress, stop the agent first, then run `lattice-redirector \
+                         uninstall`"
+                    ),
+                    Ok(pins::Restored::Replaced { by }) => {
+                        if !replaced_logged {
+                            replaced_logged = true;
+                            tracing::info!(
+                                newer = %by.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+                                "another generation of the programs is pinned beside ours (a newer \
+                                 agent): ours is not restored"
+                            );
+                        }
+                    }
+                    Err(e) => tracing::error!("restoring the pins failed: {e}"),
+                }
                 let (Some(path), Some(watch)) = (&opts.config_file, watch.as_mut()) else {
                     continue;
                 };
@@ -283,7 +314,7 @@ pub async fn run(opts: Options) -> Result<()> {
                     Ok(()) => {
                         shared.reloads_ok.fetch_add(1, Ordering::Relaxed);
                         if new != cfg {
-                            tracing::info!(reason = why, config = ?new, "configuration applied to the live maps");
+                            tracing::info!(reason = why, config = %new, "configuration applied to the live maps");
                         } else {
                             tracing::info!(
                                 reason = why,

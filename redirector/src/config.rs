@@ -80,6 +80,49 @@ pub struct GidPolicy {
     pub gids: Vec<u32>,
 }
 
+/// `redirect 1000` or `all but 0,1337`, as the logs say it.
+impl std::fmt::Display for GidPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = join(&self.gids);
+        match self.mode {
+            GidMode::Only => write!(f, "only {list}"),
+            GidMode::AllExcept if self.gids.is_empty() => write!(f, "all"),
+            GidMode::AllExcept => write!(f, "all but {list}"),
+        }
+    }
+}
+
+fn join<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// One line for the logs: every setting, in the words of the configuration keys.
+impl std::fmt::Display for Redirect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "prefixes {}; ports {}; gids {}; proxy {}:{} and [{}]:{}; proxy-gid {}; \
+             canary-port {}; log-redirects {}; {} cgroup(s) enrolled by configuration",
+            join(&self.prefixes),
+            join(&self.ports),
+            self.gids,
+            self.proxy_v4,
+            self.proxy_port,
+            self.proxy_v6,
+            self.proxy_port,
+            self.proxy_gid.map_or("none".to_string(), |g| g.to_string()),
+            self.canary_port
+                .map_or("off".to_string(), |p| p.to_string()),
+            self.log_redirects,
+            self.cgroups.len()
+        )
+    }
+}
+
 /// The validated configuration the maps are written from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Redirect {
@@ -613,6 +656,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a cgroup"), "{e}");
+        // `..` inside the root resolves to the cgroup it names.
+        std::fs::create_dir(dir.path().join("other")).unwrap();
+        let p = cgroup_path(dir.path(), Path::new("other/../pod")).unwrap();
+        assert_eq!(p, std::fs::canonicalize(dir.path().join("pod")).unwrap());
+    }
+
+    #[test]
+    fn symlinked_cgroup_paths_resolve_and_may_not_leave_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("pod")).unwrap();
+        std::fs::write(root.path().join("pod/cgroup.procs"), "").unwrap();
+        std::fs::write(outside.path().join("cgroup.procs"), "").unwrap();
+        std::os::unix::fs::symlink(root.path().join("pod"), root.path().join("alias")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("escape")).unwrap();
+        // A link to a cgroup inside: the real cgroup is enrolled (its inode is its id).
+        let p = cgroup_path(root.path(), Path::new("alias")).unwrap();
+        assert_eq!(p, std::fs::canonicalize(root.path().join("pod")).unwrap());
+        // A link that leads out of the hierarchy is refused, naming what was given.
+        let e = cgroup_path(root.path(), Path::new("escape"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("escape") && e.contains("not a cgroup"), "{e}");
+    }
+
+    #[test]
+    fn the_configuration_reads_as_one_line_of_its_keys() {
+        let c = resolve(&File::default(), &Overrides::default(), &root()).unwrap();
+        assert_eq!(
+            c.to_string(),
+            "prefixes 169.254.171.0/24,fd00:ec2:80::/64; ports 80; gids only 1000; proxy \
+             127.0.0.1:15001 and [::1]:15001; proxy-gid 1337; canary-port 15009; \
+             log-redirects false; 0 cgroup(s) enrolled by configuration"
+        );
+        let over = Overrides {
+            exempt_gids: Some(vec!["0".into(), "1337".into()]),
+            ..Default::default()
+        };
+        let c = resolve(&File::default(), &over, &root()).unwrap();
+        assert_eq!(c.gids.to_string(), "all but 0,1337");
     }
 
     #[test]

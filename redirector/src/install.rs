@@ -128,8 +128,69 @@ pub struct Installation {
     pub links: Vec<LinkState>,
 }
 
+/// Checks every map already pinned under `layout` against the object's definition of the
+/// map of that name (type, key and value size, entries): loading would reuse a pinned map
+/// as it is, and a map of another layout would fail in the verifier with a dump no one can
+/// act on, or worse, be misread. The error names the pin and both definitions.
+pub fn check_pinned_maps(layout: &Layout, object: &[u8]) -> Result<()> {
+    let parsed = aya_obj::Object::parse(object).map_err(|e| Error::Load {
+        what: "the eBPF object's map definitions".into(),
+        source: Box::new(e),
+    })?;
+    for name in MAP_NAMES {
+        let path = layout.maps().join(name);
+        if path.symlink_metadata().is_err() {
+            continue;
+        }
+        let Some(want) = parsed.maps.get(name) else {
+            continue;
+        };
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(|e| Error::Pin {
+            path: path.clone(),
+            what: format!("cannot read the pinned map: {e}"),
+        })?;
+        let have_type = info.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
+        let have = (
+            have_type,
+            info.key_size(),
+            info.value_size(),
+            info.max_entries(),
+        );
+        let need = (
+            want.map_type(),
+            want.key_size(),
+            want.value_size(),
+            want.max_entries(),
+        );
+        if have != need {
+            return Err(Error::Pin {
+                path,
+                what: format!(
+                    "a pinned map of another layout: type {}, key size {}, value size {}, {} \
+                     entries, where this agent (layout v{LAYOUT_VERSION}) needs type {}, key \
+                     size {}, value size {}, {} entries. Nothing was attached. If it is \
+                     lattice-egress's own, stop every agent using this directory and run \
+                     `lattice-redirector --pin-dir {} uninstall`; otherwise give this agent \
+                     another --pin-dir",
+                    have.0,
+                    have.1,
+                    have.2,
+                    have.3,
+                    need.0,
+                    need.1,
+                    need.2,
+                    need.3,
+                    layout.root.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Attaches (or adopts) the programs on `cgroup` with pins under `layout`.
 pub fn install(cgroup: &Path, layout: &Layout, object: &[u8]) -> Result<Installation> {
+    check_pinned_maps(layout, object)?;
     let cgroup_id = crate::host::cgroup_id(cgroup)?;
     let name = format!("{:016x}-cg{cgroup_id}", digest(object));
     let generation = layout.links().join(&name);

@@ -31,6 +31,14 @@ pub enum Driver {
 }
 
 impl Driver {
+    /// `systemd` or `cgroupfs`, as kubelet's `cgroupDriver` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Driver::Systemd => "systemd",
+            Driver::Cgroupfs => "cgroupfs",
+        }
+    }
+
     /// The top-level kubepods cgroup this driver creates under cgroupRoot `/`.
     fn kubepods(self) -> &'static str {
         match self {

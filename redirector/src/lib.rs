@@ -13,6 +13,7 @@ pub mod install;
 pub mod kubelet;
 pub mod logs;
 pub mod maps;
+pub mod pins;
 pub mod pods;
 pub mod reload;
 pub mod status;

@@ -139,7 +139,8 @@ struct RunArgs {
         default_value = "/"
     )]
     kubelet_cgroup_root: PathBuf,
-    /// Seconds between checks of the configuration file for changes.
+    /// Seconds between checks of the configuration file for changes, and of the pins (a
+    /// pin removed under the running agent is put back).
     #[arg(long, env = "LATTICE_REDIRECTOR_RELOAD_INTERVAL", default_value_t = 5)]
     reload_interval: u64,
 }

@@ -14,9 +14,25 @@ use std::path::Path;
 /// What one read of the configuration file found: its bytes, or why it could not be read.
 pub type Snapshot = Result<Vec<u8>, String>;
 
-/// Reads the whole file once.
+/// The largest configuration file read: what a ConfigMap can hold. A larger file is not
+/// a configuration (a log, a device, a mistaken path) and is refused before it fills memory.
+pub const MAX_BYTES: u64 = 1 << 20;
+
+/// Reads the whole file once (at most [`MAX_BYTES`]).
 pub fn read(path: &Path) -> Snapshot {
-    std::fs::read(path).map_err(|e| e.to_string())
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    file.take(MAX_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_BYTES {
+        return Err(format!(
+            "it is larger than {MAX_BYTES} bytes, the most a configuration (a ConfigMap) \
+             holds; check that --config names the configuration file"
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Decides, for each SIGHUP and each periodic check, whether the file is loaded again.
@@ -140,5 +156,17 @@ mod tests {
         assert_eq!(w.poll(gone.clone()), None);
         assert_eq!(w.poll(gone.clone()), Some(gone.clone()));
         assert_eq!(w.poll(gone), None);
+    }
+
+    #[test]
+    fn a_file_larger_than_a_config_map_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; (MAX_BYTES + 1) as usize]).unwrap();
+        let e = read(&big).unwrap_err();
+        assert!(e.contains("larger than 1048576 bytes"), "{e}");
+        let fits = dir.path().join("fits.toml");
+        std::fs::write(&fits, vec![b'#'; MAX_BYTES as usize]).unwrap();
+        assert_eq!(read(&fits).unwrap().len() as u64, MAX_BYTES);
     }
 }

@@ -1,12 +1,15 @@
-//! The one bpf(2) call aya 0.14 does not wrap for us: creating a cgroup getsockopt program's
+//! The bpf(2) calls aya 0.14 does not wrap for us: creating a cgroup getsockopt program's
 //! bpf link as a plain fd that can be pinned (aya keeps `CgroupSockoptLink` private and
-//! offers no conversion to `FdLink`). Everything else goes through aya.
+//! offers no conversion to `FdLink`), and pinning and opening any pinned object as a plain
+//! fd (the agent holds its links and maps that way, see [`crate::pins`]). Everything else
+//! goes through aya.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 const BPF_OBJ_PIN: libc::c_long = 6;
+const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_CREATE: libc::c_long = 28;
 /// `enum bpf_attach_type`: BPF_CGROUP_GETSOCKOPT.
 pub const BPF_CGROUP_GETSOCKOPT: u32 = 21;
@@ -23,7 +26,7 @@ struct LinkCreateAttr {
     _rest: [u64; 8],
 }
 
-/// `union bpf_attr` for BPF_OBJ_PIN.
+/// `union bpf_attr` for BPF_OBJ_PIN and BPF_OBJ_GET.
 #[repr(C)]
 #[derive(Default)]
 struct ObjPinAttr {
@@ -81,4 +84,18 @@ pub fn pin(fd: BorrowedFd<'_>, path: &Path) -> std::io::Result<()> {
         ..Default::default()
     };
     bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
+}
+
+/// Opens the bpf object (link, map or program) pinned at `path`.
+pub fn obj_get(path: &Path) -> std::io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut attr = ObjPinAttr {
+        pathname: c.as_ptr() as u64,
+        ..Default::default()
+    };
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: on success BPF_OBJ_GET returns a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

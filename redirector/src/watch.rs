@@ -150,7 +150,7 @@ impl Pods {
         match Layout::detect_in(&self.cgroup_root, &self.kubelet_root) {
             Ok(layout) => {
                 if self.layout.is_none() {
-                    tracing::info!(kubepods_parent = %layout.root().display(), driver = ?layout.driver(), "kubelet cgroup layout recognised");
+                    tracing::info!(kubepods_parent = %layout.root().display(), driver = layout.driver().as_str(), "kubelet cgroup layout recognised");
                 }
                 self.layout = Some(layout);
                 *lock(&self.status.layout_error) = None;

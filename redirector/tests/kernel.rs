@@ -95,6 +95,64 @@ fn probe() {
                 Err(e) => println!("PROBE error {e}"),
             }
         }
+        ["storm", addr, port, n] => {
+            // n connects one after the other, each waiting for the listener's ack and
+            // closed with a reset (SO_LINGER 0: no TIME_WAIT to run out of ports with).
+            let sa = SocketAddr::new(addr.parse().unwrap(), port.parse().unwrap());
+            let n: u32 = n.parse().unwrap();
+            let (mut ok, mut errors, mut first_error) = (0u32, 0u32, String::new());
+            for i in 0..n {
+                if i == n / 4 {
+                    println!("PROBE progress {i}");
+                }
+                match TcpStream::connect_timeout(&sa, Duration::from_secs(5)) {
+                    Ok(s) => {
+                        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                        nix::sys::socket::setsockopt(
+                            &s,
+                            nix::sys::socket::sockopt::Linger,
+                            &libc::linger {
+                                l_onoff: 1,
+                                l_linger: 0,
+                            },
+                        )
+                        .unwrap();
+                        let mut line = String::new();
+                        let _ = std::io::BufReader::new(&s).read_line(&mut line);
+                        if line == "hello\n" && s.peer_addr().unwrap() == sa {
+                            ok += 1;
+                        } else {
+                            errors += 1;
+                            if first_error.is_empty() {
+                                first_error = format!("peer {:?} said {line:?}", s.peer_addr());
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        if first_error.is_empty() {
+                            first_error = e.to_string();
+                        }
+                    }
+                }
+            }
+            println!("PROBE storm ok={ok} errors={errors} first_error={first_error}");
+        }
+        ["sink", addr, port, n, expect] => {
+            // Accepts n connections; each must carry `expect` as its original destination.
+            let l = TcpListener::bind((addr.parse::<IpAddr>().unwrap(), port.parse().unwrap()))
+                .unwrap();
+            println!("PROBE listening");
+            let mut wrong = 0u32;
+            for _ in 0..n.parse::<u32>().unwrap() {
+                let (mut s, peer) = l.accept().unwrap();
+                if orig_dst(&s, peer.is_ipv6()) != *expect {
+                    wrong += 1;
+                }
+                let _ = s.write_all(b"hello\n");
+            }
+            println!("PROBE sink wrong_orig={wrong}");
+        }
         other => panic!("unknown probe command {other:?}"),
     }
 }
@@ -1149,4 +1207,132 @@ fn the_agents_own_pod_confirms_the_cgroup_layout_or_says_it_is_wrong() {
     agent.wait_for("cgroup layout confirmed", WAIT);
     agent.wait_for("pod watch synced", WAIT);
     assert_eq!(agent.http_get("/healthz").0, "HTTP/1.1 200 OK");
+}
+
+// ---------------------------------------------------------------------------------------
+// Faults: the agent killed mid-storm, its pins removed, the proxy gone.
+
+#[test]
+fn killing_the_agent_during_a_connect_storm_misroutes_no_connect() {
+    let sb = Sandbox::new("storm");
+    let mut agent = sb.agent(&[]);
+    agent.wait_for("attached and pinned programs", WAIT);
+    let n: u32 = 5000;
+    let target = format!("{LATTICE_V4}:80");
+    let mut sink = sb.probe(
+        &sb.proxy,
+        PROXY,
+        PROXY,
+        &["sink", "127.0.0.1", "15001", &(2 * n).to_string(), &target],
+    );
+    assert_eq!(sink.line(), "listening");
+
+    // Killed a quarter of the way in; the rest of the storm runs with no agent, then while
+    // a new one adopts the pins.
+    let mut storm = sb.probe(
+        &sb.app,
+        APP,
+        APP,
+        &["storm", LATTICE_V4, "80", &n.to_string()],
+    );
+    assert_eq!(storm.line(), format!("progress {}", n / 4));
+    agent.kill9();
+    let mut agent = sb.agent(&[]);
+    // Every connect reached the proxy with its original destination: none was refused, none
+    // was left unredirected (in this netns the Lattice range has no route at all).
+    assert_eq!(
+        storm.finish(),
+        format!("storm ok={n} errors=0 first_error=")
+    );
+    agent.wait_for("adopted pinned programs", WAIT);
+    let mut storm = sb.probe(
+        &sb.app,
+        APP,
+        APP,
+        &["storm", LATTICE_V4, "80", &n.to_string()],
+    );
+    assert_eq!(storm.line(), format!("progress {}", n / 4));
+    assert_eq!(
+        storm.finish(),
+        format!("storm ok={n} errors=0 first_error=")
+    );
+    assert_eq!(sink.finish(), "sink wrong_orig=0");
+
+    // 2n connects, all closed: the tracking maps are empty again.
+    let status = counters(&sb);
+    assert!(
+        status.contains("tracked connections: 0 sockets, 0 peers"),
+        "{status}"
+    );
+    assert_eq!(counter(&status, "redirected"), u64::from(2 * n), "{status}");
+}
+
+#[test]
+fn removed_pins_are_restored_by_the_running_agent() {
+    let sb = Sandbox::new("restore");
+    let mut agent = sb.agent(&[]);
+    agent.wait_for("attached and pinned programs", WAIT);
+    let before = links(&counters(&sb));
+    let mut p = proxy(&sb, "127.0.0.1", 3);
+    expect_redirect(&sb, &mut p, &sb.app, APP, LATTICE_V4, 80);
+
+    // Every pin gone at once, links and maps: the agent's own references keep the programs
+    // attached, and it pins them again.
+    let mark = agent.mark();
+    std::fs::remove_dir_all(&sb.pins).unwrap();
+    expect_redirect(&sb, &mut p, &sb.app, APP, LATTICE_V4, 80);
+    agent.wait_after(
+        mark,
+        "pins were removed under the running agent; restored",
+        WAIT,
+    );
+    assert_eq!(
+        links(&counters(&sb)),
+        before,
+        "the same links, pinned again"
+    );
+
+    // The restored pins are whole: a new agent adopts them.
+    agent.kill9();
+    let mut agent = sb.agent(&[]);
+    agent.wait_for("adopted pinned programs", WAIT);
+    expect_redirect(&sb, &mut p, &sb.app, APP, LATTICE_V4, 80);
+}
+
+#[test]
+fn a_dead_proxy_refuses_the_apps_connects_at_once_and_a_restarted_one_serves() {
+    let sb = Sandbox::new("noproxy");
+    let mut agent = sb.agent(&[]);
+    agent.wait_for("attached and pinned programs", WAIT);
+    // Nothing listens on the proxy port: the redirected connect is refused at once (not
+    // left to time out, and never sent to the Lattice address instead).
+    let r = sb.connect(&sb.app, APP, LATTICE_V4, 80);
+    assert!(r.starts_with("error") && r.contains("refused"), "{r}");
+    let mut p = proxy(&sb, "127.0.0.1", 1);
+    expect_redirect(&sb, &mut p, &sb.app, APP, LATTICE_V4, 80);
+    let status = counters(&sb);
+    assert_eq!(counter(&status, "redirected"), 2, "{status}");
+}
+
+#[test]
+fn a_map_of_another_layout_is_refused_by_name_and_nothing_is_attached() {
+    let sb = Sandbox::new("foreign");
+    // The cgroup map as another layout might have had it: 8-byte keys, 4-byte values.
+    let wrong = sb.pins.join("maps/LE_CGROUPS");
+    support::pin_hash_map(&wrong, "LE_CGROUPS", 8, 4, 64);
+    let (code, stderr) = run_bad(&sb, &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(wrong.to_str().unwrap())
+            && stderr.contains("a pinned map of another layout")
+            && stderr.contains("value size 4")
+            && !stderr.contains("Verifier"),
+        "{stderr}"
+    );
+    assert!(
+        unreachable(&sb.connect(&sb.app, APP, LATTICE_V4, 80)),
+        "nothing may be attached"
+    );
+    // The foreign map is left for whoever owns it.
+    assert!(wrong.exists());
 }

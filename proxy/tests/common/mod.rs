@@ -597,9 +597,15 @@ impl Body for FramesBody {
 
 /// Builds a proxy configuration for the given upstream from extra flags.
 pub fn config(up: &Upstream, extra: &[&str]) -> Config {
-    let port = up.addr.port().to_string();
+    config_for(up.addr.port(), &up.pki.ca_file, extra)
+}
+
+/// Builds a proxy configuration for an upstream on 127.0.0.1:`port` (as [`HOST`]) whose
+/// certificate `ca_file` issued, from extra flags.
+pub fn config_for(port: u16, ca_file: &std::path::Path, extra: &[&str]) -> Config {
+    let port = port.to_string();
     let resolve = format!("{HOST}:127.0.0.1");
-    let ca = up.pki.ca_file.to_str().unwrap().to_string();
+    let ca = ca_file.to_str().unwrap().to_string();
     let mut argv: Vec<String> = [
         "lattice-proxy",
         "--listen",
@@ -749,11 +755,26 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// How the fake Pod Identity agent answers (see [`PodIdentity::fault`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentFault {
+    /// Credentials, as the real agent hands them out.
+    Healthy,
+    /// 500 with the agent's JSON error body.
+    Error500,
+    /// 200 with a body that is not the credentials JSON.
+    Garbage,
+}
+
 /// A fake EKS Pod Identity agent: checks the Authorization token and hands out
 /// credentials that expire after `lifetime`, a new access key each time.
 pub struct PodIdentity {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// What the agent does with the next requests; [`AgentFault::Healthy`] at start.
+    pub fault: Arc<Mutex<AgentFault>>,
+    /// Requests answered with a fault.
+    pub faulted: Arc<AtomicUsize>,
     pub token_file: PathBuf,
     _dir: TempDir,
     _task: tokio::task::JoinHandle<()>,
@@ -768,16 +789,32 @@ impl PodIdentity {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let hits2 = hits.clone();
+        let fault = Arc::new(Mutex::new(AgentFault::Healthy));
+        let faulted = Arc::new(AtomicUsize::new(0));
+        let (fault2, faulted2) = (fault.clone(), faulted.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
                 let hits = hits2.clone();
+                let (fault, faulted) = (fault2.clone(), faulted2.clone());
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: Request<Incoming>| {
                         let hits = hits.clone();
+                        let (fault, faulted) = (fault.clone(), faulted.clone());
                         async move {
+                            let now = *fault.lock().unwrap();
+                            if now != AgentFault::Healthy {
+                                faulted.fetch_add(1, Ordering::SeqCst);
+                                return Ok::<_, Infallible>(match now {
+                                    AgentFault::Error500 => full(
+                                        StatusCode::INTERNAL_SERVER_ERROR,
+                                        "{\"Message\":\"Internal error\"}",
+                                    ),
+                                    _ => full(StatusCode::OK, "<html>gateway</html>"),
+                                });
+                            }
                             let authorized = req
                                 .headers()
                                 .get("authorization")
@@ -809,6 +846,8 @@ impl PodIdentity {
         PodIdentity {
             addr,
             hits,
+            fault,
+            faulted,
             token_file,
             _dir: dir,
             _task: task,

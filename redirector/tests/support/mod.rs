@@ -456,3 +456,82 @@ impl Drop for Probe {
         let _ = self.child.wait();
     }
 }
+
+/// Creates a BPF hash map named `name` with the given sizes and pins it at `path`, as
+/// another layout (or another program) might have left it.
+pub fn pin_hash_map(path: &Path, name: &str, key_size: u32, value_size: u32, entries: u32) {
+    #[repr(C)]
+    #[derive(Default)]
+    struct MapCreate {
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        map_flags: u32,
+        inner_map_fd: u32,
+        numa_node: u32,
+        map_name: [u8; 16],
+        // Explicit, so that it is zero: the kernel refuses non-zero bytes it does not know.
+        map_ifindex: u32,
+        _rest: [u64; 8],
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    let mut attr = MapCreate {
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size,
+        value_size,
+        max_entries: entries,
+        ..Default::default()
+    };
+    attr.map_name[..name.len().min(15)].copy_from_slice(&name.as_bytes()[..name.len().min(15)]);
+    // SAFETY: a zero-padded bpf_attr for BPF_MAP_CREATE, valid during the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            &mut attr as *mut MapCreate,
+            std::mem::size_of::<MapCreate>() as libc::c_uint,
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    let mut pin = ObjPin {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: fd as u32,
+        ..Default::default()
+    };
+    // SAFETY: a zero-padded bpf_attr for BPF_OBJ_PIN, valid during the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            &mut pin as *mut ObjPin,
+            std::mem::size_of::<ObjPin>() as libc::c_uint,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "BPF_OBJ_PIN {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the fd returned above, closed once; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+}

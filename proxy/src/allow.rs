@@ -22,6 +22,9 @@ pub struct AllowList {
 pub enum Refusal {
     /// The host is an IP literal.
     IpLiteral(String),
+    /// The host is not a DNS name (an empty label, a character outside letters, digits,
+    /// `-` and `_`, or too long): no resolver could be trusted to read it as we do.
+    NotAName(String),
     /// The host is not under any allowed domain.
     NotAllowed {
         /// The refused host.
@@ -37,6 +40,10 @@ impl fmt::Display for Refusal {
             Refusal::IpLiteral(host) => write!(
                 f,
                 "host {host} is an IP address; lattice-proxy only forwards to service names under the allowed domains"
+            ),
+            Refusal::NotAName(host) => write!(
+                f,
+                "host {host:?} is not a DNS name (labels of letters, digits, '-' and '_', 1 to 63 bytes each); send the service name in Host"
             ),
             Refusal::NotAllowed { host, allowed } => write!(
                 f,
@@ -89,13 +96,17 @@ impl AllowList {
         &self.suffixes
     }
 
-    /// Checks a host (without port). `Ok` when it is a name under an allowed suffix.
+    /// Checks a host (without port). `Ok` when it is a name under an allowed suffix; one
+    /// trailing dot (a fully qualified name) is allowed.
     pub fn check(&self, host: &str) -> Result<(), Refusal> {
         let trimmed = host.trim_start_matches('[').trim_end_matches(']');
         if trimmed.parse::<IpAddr>().is_ok() || looks_like_ipv4(trimmed) {
             return Err(Refusal::IpLiteral(host.to_owned()));
         }
-        let h = host.trim_end_matches('.');
+        let h = host.strip_suffix('.').unwrap_or(host);
+        if !is_dns_name(h) {
+            return Err(Refusal::NotAName(host.to_owned()));
+        }
         let allowed = self.suffixes.iter().any(|s| {
             h.len() > s.len()
                 && h.as_bytes()[h.len() - s.len() - 1] == b'.'
@@ -110,6 +121,20 @@ impl AllowList {
             })
         }
     }
+}
+
+/// Whether `host` (without a trailing dot) is a DNS name: 1 to 253 bytes of labels of 1 to
+/// 63 letters, digits, `-` or `_` (RFC 1035 §2.3.4; `_` as service names use it). Suffix
+/// matching alone would let `.example.com`, `a..example.com` or `x%2e.example.com` through
+/// to the resolver, which reads them its own way (or sends them to the network's DNS).
+fn is_dns_name(host: &str) -> bool {
+    host.len() <= 253
+        && host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 /// Numeric hosts that `IpAddr` does not parse but resolvers accept (`0x7f.1`, `2130706433`,
@@ -159,6 +184,22 @@ mod tests {
         ] {
             assert!(l.check(host).is_err(), "{host} must be refused");
         }
+        for host in [
+            ".example.com",
+            "a..example.com",
+            "svc.example.com..",
+            "x%2e.example.com",
+            "a b.example.com",
+            &format!("{}.example.com", "a".repeat(64)),
+            &format!("{}example.com", "a.".repeat(125)),
+        ] {
+            assert!(
+                matches!(l.check(host), Err(Refusal::NotAName(_))),
+                "{host} is not a name"
+            );
+        }
+        l.check(&format!("{}.example.com", "a".repeat(63))).unwrap();
+        l.check("_svc.x-1.example.com").unwrap();
         assert!(matches!(
             l.check("169.254.169.254"),
             Err(Refusal::IpLiteral(_))

@@ -28,6 +28,16 @@ pub enum ProxyError {
     /// The host is not on the allow-list (or is an IP literal).
     #[error("{0}")]
     HostRefused(Refusal),
+    /// An expectation other than `100-continue` (RFC 9110 §10.1.1).
+    #[error("Expect: {0:?} is not supported; lattice-proxy only understands Expect: 100-continue")]
+    ExpectationFailed(String),
+    /// A transfer coding other than `chunked` (RFC 9112 §6.1): the body would go upstream
+    /// still coded, with nothing saying so.
+    #[error("Transfer-Encoding {0:?} is not supported; send the body with chunked alone or with Content-Length")]
+    TransferCodingUnsupported(String),
+    /// `OPTIONS *`, which asks about the proxy itself rather than a service.
+    #[error("OPTIONS * is not forwarded: VPC Lattice routes by path; send OPTIONS with a path, e.g. OPTIONS / HTTP/1.1")]
+    ServerWideOptions,
     /// The request names no host at all.
     #[error("the request has no Host header or absolute URI; lattice-proxy needs the Lattice service name")]
     MissingHost,
@@ -119,7 +129,7 @@ pub enum ErrorKind {
     host_not_allowed,
     /// Malformed request.
     bad_request,
-    /// CONNECT or Upgrade.
+    /// CONNECT, Upgrade, `OPTIONS *`, a transfer coding other than chunked.
     not_implemented,
     /// No credentials.
     no_credentials,
@@ -141,11 +151,13 @@ pub enum ErrorKind {
     response_timeout,
     /// The upstream broke the connection or the protocol.
     upstream,
+    /// An `Expect` other than `100-continue`.
+    expectation_failed,
 }
 
 impl ErrorKind {
     /// Every kind, in declaration order (`kind as usize` indexes it).
-    pub const ALL: [ErrorKind; 13] = [
+    pub const ALL: [ErrorKind; 14] = [
         ErrorKind::host_not_allowed,
         ErrorKind::bad_request,
         ErrorKind::not_implemented,
@@ -159,6 +171,7 @@ impl ErrorKind {
         ErrorKind::tls_timeout,
         ErrorKind::response_timeout,
         ErrorKind::upstream,
+        ErrorKind::expectation_failed,
     ];
 
     /// The kind as sent in the `x-lattice-proxy-error` header.
@@ -177,6 +190,7 @@ impl ErrorKind {
             ErrorKind::tls_timeout => "tls-timeout",
             ErrorKind::response_timeout => "response-timeout",
             ErrorKind::upstream => "upstream",
+            ErrorKind::expectation_failed => "expectation-failed",
         }
     }
 
@@ -201,13 +215,17 @@ impl ProxyError {
     /// The bounded kind of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
+            // A Host that is not a name is a malformed request (RFC 9112 §3.2: 400).
+            ProxyError::HostRefused(Refusal::NotAName(_)) => ErrorKind::bad_request,
             ProxyError::HostRefused(_) => ErrorKind::host_not_allowed,
             ProxyError::MissingHost | ProxyError::BadRequest(_) | ProxyError::RequestBody(_) => {
                 ErrorKind::bad_request
             }
-            ProxyError::ConnectUnsupported | ProxyError::UpgradeUnsupported(_) => {
-                ErrorKind::not_implemented
-            }
+            ProxyError::ConnectUnsupported
+            | ProxyError::UpgradeUnsupported(_)
+            | ProxyError::TransferCodingUnsupported(_)
+            | ProxyError::ServerWideOptions => ErrorKind::not_implemented,
+            ProxyError::ExpectationFailed(_) => ErrorKind::expectation_failed,
             ProxyError::NoCredentials(_) => ErrorKind::no_credentials,
             ProxyError::Signing(_) => ErrorKind::signing,
             ProxyError::Connect(c) => match c {
@@ -229,6 +247,7 @@ impl ProxyError {
             ErrorKind::host_not_allowed => StatusCode::FORBIDDEN,
             ErrorKind::bad_request => StatusCode::BAD_REQUEST,
             ErrorKind::not_implemented => StatusCode::NOT_IMPLEMENTED,
+            ErrorKind::expectation_failed => StatusCode::EXPECTATION_FAILED,
             ErrorKind::no_credentials => StatusCode::SERVICE_UNAVAILABLE,
             ErrorKind::signing => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorKind::connect_timeout | ErrorKind::tls_timeout | ErrorKind::response_timeout => {
@@ -256,7 +275,10 @@ impl ProxyError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         h.insert(ERROR_HEADER, HeaderValue::from_static(kind.as_str()));
-        if matches!(kind, ErrorKind::bad_request | ErrorKind::not_implemented) {
+        if matches!(
+            kind,
+            ErrorKind::bad_request | ErrorKind::not_implemented | ErrorKind::expectation_failed
+        ) {
             // The request (or upgrade) may have left bytes on the connection we will not read.
             h.insert(CONNECTION, HeaderValue::from_static("close"));
         }

@@ -122,6 +122,7 @@ fn request_hop_by_hop(name: &str) -> bool {
             | "trailer"
             | "transfer-encoding"
             | "upgrade"
+            | "http2-settings"
             | "expect"
             | "authorization"
     ) || name.starts_with("proxy-")
@@ -231,10 +232,17 @@ impl Proxy {
             return Err(ProxyError::ConnectUnsupported);
         }
         if let Some(up) = req.headers().get(header::UPGRADE) {
-            return Err(ProxyError::UpgradeUnsupported(
-                String::from_utf8_lossy(up.as_bytes()).into_owned(),
-            ));
+            // `Upgrade: h2c` (curl --http2 sends it on http:// URLs) is ignored, as RFC 9110
+            // §7.8 lets a server do: the request is served over HTTP/1.1, and Upgrade and
+            // HTTP2-Settings stay on this hop. Any other protocol cannot go through Lattice.
+            if !only_h2c(req.headers()) {
+                return Err(ProxyError::UpgradeUnsupported(
+                    String::from_utf8_lossy(up.as_bytes()).into_owned(),
+                ));
+            }
         }
+        check_expect(req.headers())?;
+        check_transfer_coding(req.headers())?;
 
         let route = self.route(&req)?;
         let authority = match &route.upstream {
@@ -369,14 +377,7 @@ impl Proxy {
 
     /// The route for the request's service name, from the cache or worked out now.
     fn route(&self, req: &Request<Incoming>) -> Result<Arc<Route>, ProxyError> {
-        let raw = match req.uri().authority() {
-            Some(a) => a.as_str().as_bytes(),
-            None => req
-                .headers()
-                .get(header::HOST)
-                .ok_or(ProxyError::MissingHost)?
-                .as_bytes(),
-        };
+        let raw = service_authority(req)?;
         let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(route) = routes.get(raw) {
             return Ok(route.clone());
@@ -398,15 +399,23 @@ impl Proxy {
                 String::from_utf8_lossy(raw)
             ))
         })?;
-        let host = authority.host().trim_end_matches('.').to_ascii_lowercase();
-        if host.is_empty() {
+        let raw_host = authority.host().to_ascii_lowercase();
+        if raw_host.is_empty() {
             return Err(ProxyError::MissingHost);
         }
+        // A fully qualified name's one trailing dot goes; the allow-list sees it and refuses
+        // more than one.
+        let host = raw_host.strip_suffix('.').unwrap_or(&raw_host).to_owned();
         let upstream = if authority.as_str().contains('@') {
             Err(RouteError::BadRequest(
                 "user information in the request target is not supported".into(),
             ))
-        } else if let Err(refusal) = self.allow.check(&host) {
+        } else if !valid_port(&authority) {
+            Err(RouteError::BadRequest(format!(
+                "invalid port in Host {:?}: a port is 0 to 65535 (it is ignored: --upstream-port applies)",
+                authority.as_str()
+            )))
+        } else if let Err(refusal) = self.allow.check(&raw_host) {
             Err(RouteError::Refused(refusal))
         } else {
             let upstream = match self.upstream_port {
@@ -418,6 +427,109 @@ impl Proxy {
         };
         Ok(Route { host, upstream })
     }
+}
+
+/// The bytes that name the service: an absolute-form target's authority, which wins over
+/// Host (RFC 9112 §3.2.2), else the Host header. Refused with 400: more than one Host (§3.2),
+/// HTTP/1.1 without Host even with an absolute-form target (§3.2), a scheme other than http
+/// or https, an authority-form target on anything but CONNECT (§3.2.3), and the asterisk
+/// form on anything but OPTIONS (§3.2.4); `OPTIONS *` gets 501.
+fn service_authority(req: &Request<Incoming>) -> Result<&[u8], ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).into_iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest(
+            "more than one Host header; send exactly one, naming the service".into(),
+        ));
+    }
+    let uri = req.uri();
+    match (uri.scheme(), uri.authority()) {
+        (Some(scheme), Some(authority)) => {
+            if *scheme != Scheme::HTTP && *scheme != Scheme::HTTPS {
+                return Err(ProxyError::BadRequest(format!(
+                    "request target scheme {:?} is not http or https",
+                    scheme.as_str()
+                )));
+            }
+            if host.is_none() && req.version() == Version::HTTP_11 {
+                return Err(ProxyError::BadRequest(
+                    "HTTP/1.1 requires a Host header, also with an absolute-form target (RFC 9112 §3.2); add Host: <service name>".into(),
+                ));
+            }
+            Ok(authority.as_str().as_bytes())
+        }
+        (None, Some(_)) => Err(ProxyError::BadRequest(format!(
+            "request target {uri} is in authority form, which only CONNECT uses; send a path with Host: <service name>"
+        ))),
+        _ if uri.path() == "*" => Err(if req.method() == Method::OPTIONS {
+            ProxyError::ServerWideOptions
+        } else {
+            ProxyError::BadRequest(format!(
+                "request target * is for OPTIONS only, not {}",
+                req.method()
+            ))
+        }),
+        _ => host
+            .map(|h| h.as_bytes())
+            .ok_or(ProxyError::MissingHost),
+    }
+}
+
+/// Whether the authority's port, if any, is a port: empty (`host:`, valid URI syntax) or a
+/// number up to 65535. `Authority` accepts any digits. Called once userinfo is ruled out,
+/// so the port is what follows the host.
+fn valid_port(authority: &Authority) -> bool {
+    match authority.as_str()[authority.host().len()..].strip_prefix(':') {
+        None | Some("") => true,
+        Some(port) => port.parse::<u16>().is_ok(),
+    }
+}
+
+/// Whether every protocol the `Upgrade` headers offer is `h2c`.
+fn only_h2c(headers: &HeaderMap) -> bool {
+    headers.get_all(header::UPGRADE).iter().all(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').all(|p| p.trim().eq_ignore_ascii_case("h2c")))
+    })
+}
+
+/// An `Expect` other than `100-continue` (which hyper answers) gets 417 (RFC 9110 §10.1.1):
+/// stripping it would forward a request whose sender waits for something nobody does.
+fn check_expect(headers: &HeaderMap) -> Result<(), ProxyError> {
+    for v in headers.get_all(header::EXPECT) {
+        let ok = v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .all(|e| e.trim().eq_ignore_ascii_case("100-continue"))
+        });
+        if !ok {
+            return Err(ProxyError::ExpectationFailed(
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `Transfer-Encoding` must be `chunked` alone. hyper checks that chunked comes last and
+/// decodes it; any coding before it would still be on the body, and the header that says
+/// so is hop-by-hop: 501 (RFC 9112 §6.1). Chunked twice is malformed (§6.1 MUST NOT): 400.
+fn check_transfer_coding(headers: &HeaderMap) -> Result<(), ProxyError> {
+    let mut chunked = 0;
+    for v in headers.get_all(header::TRANSFER_ENCODING) {
+        let text = String::from_utf8_lossy(v.as_bytes());
+        for coding in text.split(',').map(str::trim) {
+            if !coding.eq_ignore_ascii_case("chunked") {
+                return Err(ProxyError::TransferCodingUnsupported(text.into_owned()));
+            }
+            chunked += 1;
+        }
+    }
+    if chunked > 1 {
+        return Err(ProxyError::BadRequest(
+            "Transfer-Encoding applies chunked more than once".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Reads a body of at most `limit` bytes; the request with it, and its SHA-256 in hex.

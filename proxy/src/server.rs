@@ -365,7 +365,7 @@ async fn serve(shared: Arc<Shared>, source: Source, stop: watch::Receiver<bool>,
         .header_read_timeout(config.header_read_timeout)
         .max_buf_size(config.max_header_bytes);
     http.http2()
-        .timer(deadlines)
+        .timer(deadlines.clone())
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(1024);
     let http = Arc::new(http);
@@ -376,6 +376,8 @@ async fn serve(shared: Arc<Shared>, source: Source, stop: watch::Receiver<bool>,
         http,
         graceful: graceful.clone(),
         metrics: shared.metrics.clone(),
+        deadlines,
+        header_read_timeout: config.header_read_timeout,
     };
     match source {
         Source::Listeners(listeners) => {
@@ -440,6 +442,9 @@ struct Connections {
     http: Arc<auto::Builder<TokioExecutor>>,
     graceful: Arc<GracefulShutdown>,
     metrics: Arc<Metrics>,
+    /// The worker's timer, for the first request's deadline.
+    deadlines: Deadlines,
+    header_read_timeout: Duration,
 }
 
 impl Connections {
@@ -456,17 +461,38 @@ impl Connections {
         let metrics = self.metrics.clone();
         // No async block around `handle`: each level of async fn keeps its own copy of the
         // request, and hyper moves the whole future into place for every request.
-        let svc = service_fn(move |req| proxy.clone().handle(req, info));
+        let served = Arc::new(AtomicBool::new(false));
+        let first = served.clone();
+        let svc = service_fn(move |req| {
+            first.store(true, Ordering::Relaxed);
+            proxy.clone().handle(req, info)
+        });
         let _ = stream.set_nodelay(true);
         let conn = self
             .http
             .serve_connection(TokioIo::new(stream), svc)
             .into_owned();
         let conn = self.graceful.watch(conn);
+        // hyper's header read timeout starts only once hyper-util has told HTTP/1 from the
+        // HTTP/2 preface, which waits for bytes without a limit, and HTTP/2 has none at all:
+        // a connection that sends nothing, part of the preface, or the preface alone would
+        // stay open for ever. It gets the same time to complete its first request head.
+        let first_request = first_request_deadline(
+            self.deadlines
+                .sleep_until(std::time::Instant::now() + self.header_read_timeout),
+            served,
+        );
         metrics.client_connections_open.inc();
         tokio::spawn(
             async move {
-                if let Err(e) = conn.await {
+                let ended = tokio::select! {
+                    ended = conn => ended,
+                    () = first_request => {
+                        tracing::debug!("no request head within the header read timeout; closing");
+                        Ok(())
+                    }
+                };
+                if let Err(e) = ended {
                     tracing::debug!(error = %error::chain(&*e), "client connection ended with an error");
                 }
                 metrics.client_connections_open.dec();
@@ -476,6 +502,14 @@ impl Connections {
             }
             .instrument(span),
         );
+    }
+}
+
+/// Completes at `deadline` unless a request head has arrived by then (`served`).
+async fn first_request_deadline(deadline: crate::deadline::Deadline, served: Arc<AtomicBool>) {
+    deadline.await;
+    if served.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -272,6 +272,10 @@ pub fn verify(
 pub struct Upstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// TCP connections accepted, whatever came over them (a TLS handshake, or nothing).
+    pub accepted: Arc<AtomicUsize>,
+    /// Requests that reached the handler, signature valid or not.
+    pub requests: Arc<AtomicUsize>,
     pub pki: TestPki,
     /// Connections that served `/then-close`, to be dropped by [`Upstream::close_marked`].
     marked: Arc<Mutex<Vec<Arc<tokio::sync::Notify>>>>,
@@ -307,14 +311,19 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let marked: Arc<Mutex<Vec<Arc<tokio::sync::Notify>>>> = Arc::default();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
         let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config.clone());
         let seen2 = seen.clone();
         let marked2 = marked.clone();
+        let (accepted2, requests2) = (accepted.clone(), requests.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted2.fetch_add(1, Ordering::SeqCst);
+                let requests = requests2.clone();
                 let acceptor = acceptor.clone();
                 let oracle = oracle.clone();
                 let seen = seen2.clone();
@@ -331,6 +340,7 @@ impl Upstream {
                     let close = Arc::new(tokio::sync::Notify::new());
                     let close2 = close.clone();
                     let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        requests.fetch_add(1, Ordering::SeqCst);
                         let oracle = oracle.clone();
                         let seen = seen.clone();
                         let pca_pem = pca_pem.clone();
@@ -354,6 +364,8 @@ impl Upstream {
         Upstream {
             addr,
             seen,
+            accepted,
+            requests,
             pki,
             marked,
             _task: task,
@@ -362,6 +374,14 @@ impl Upstream {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// (connections accepted, requests received): what reached this upstream at all.
+    pub fn reached(&self) -> (usize, usize) {
+        (
+            self.accepted.load(Ordering::SeqCst),
+            self.requests.load(Ordering::SeqCst),
+        )
     }
 
     /// Drops the connections that served `/then-close`; returns how many. Call it after the

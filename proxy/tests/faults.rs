@@ -322,3 +322,125 @@ async fn a_failing_pod_identity_agent_gets_clear_503s_and_its_recovery_needs_no_
     let (_, m) = admin_get(p.admin, "/metrics").await;
     assert!(m.contains("lattice_proxy_credentials_valid 1"), "{m}");
 }
+
+/// Descriptors open in process `pid`.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// TCP sockets of this network namespace whose local port is `port`, listeners (state 0A)
+/// and TIME_WAIT (06, held by the kernel, not by a descriptor) excluded: the connections a
+/// server on `port` holds, closing ones too.
+fn connections_on(port: u16) -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| t.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let local_port = f
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            local_port == Some(port) && !matches!(f.get(3), Some(&"0A" | &"06"))
+        })
+        .count()
+}
+
+/// The short version of `cargo xtask bench soak`'s connection and vanishing-client phases,
+/// on the real binary: keep-alive connections opened and closed, and clients that reset
+/// mid-head or mid-body, leave no client connection and no descriptor behind.
+#[tokio::test]
+async fn vanishing_clients_leave_no_connection_or_descriptor_behind() {
+    let up = Upstream::start().await;
+    let p = ProxyProcess::spawn(
+        &child_args(&up, &[]),
+        &[
+            ("AWS_ACCESS_KEY_ID", AKID.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", secret_for(AKID)),
+            ("AWS_SESSION_TOKEN", token_for(AKID)),
+        ],
+    );
+    eventually("ready", async || {
+        admin_get(p.admin, "/readyz").await.0 == StatusCode::OK
+    })
+    .await;
+    let (status, _, _) = send(p.proxy, "GET", HOST, "/warm", b"").await;
+    assert_eq!(status, StatusCode::OK);
+    let pid = p.child.id();
+    // Settled: no client connection, and no descriptor beyond those of before plus the
+    // upstream connections the pools opened meanwhile (one pool per worker).
+    let upstream_open = async || -> usize {
+        let (_, m) = admin_get(p.admin, "/metrics").await;
+        m.lines()
+            .find_map(|l| l.strip_prefix("lattice_proxy_upstream_connections_open "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    };
+    // Admin connections (these checks' own) are counted out: they come and go.
+    let settled = async |before: usize, upstream_before: usize| {
+        eventually("no client connection and no extra descriptor", async || {
+            let none = has_metric(p.admin, "lattice_proxy_http_client_connections_open 0").await;
+            let pooled = upstream_open().await.saturating_sub(upstream_before);
+            let admin = connections_on(p.admin.port());
+            none && connections_on(p.proxy.port()) == 0 && fds(pid) <= before + pooled + admin
+        })
+        .await;
+    };
+
+    // 200 keep-alive connections, one request each, then closed by the clients.
+    let upstream_before = upstream_open().await;
+    let before = fds(pid) - connections_on(p.admin.port());
+    let mut open = Vec::new();
+    for _ in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(p.proxy).await.unwrap();
+        s.write_all(format!("GET /held HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        open.push(s);
+    }
+    assert!(fds(pid) >= before + 200, "the connections are held");
+    drop(open);
+    settled(before, upstream_before).await;
+
+    // Clients that reset after half a head, or after a head and 1 000 of 100 000 body bytes.
+    let upstream_before = upstream_open().await;
+    let before = fds(pid) - connections_on(p.admin.port());
+    for i in 0..100 {
+        let s = tokio::net::TcpStream::connect(p.proxy).await.unwrap();
+        let mut s = s.into_std().unwrap();
+        s.set_nonblocking(false).unwrap();
+        use std::io::Write as _;
+        if i % 2 == 0 {
+            write!(s, "GET /vanish HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: gon").unwrap();
+        } else {
+            write!(
+                s,
+                "POST /vanish HTTP/1.1\r\nHost: {HOST}\r\ncontent-length: 100000\r\n\r\n"
+            )
+            .unwrap();
+            s.write_all(&[b'b'; 1000]).unwrap();
+        }
+        nix::sys::socket::setsockopt(
+            &s,
+            nix::sys::socket::sockopt::Linger,
+            &libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            },
+        )
+        .unwrap();
+    }
+    settled(before, upstream_before).await;
+    let (status, _, _) = send(p.proxy, "GET", HOST, "/after", b"").await;
+    assert_eq!(status, StatusCode::OK);
+}

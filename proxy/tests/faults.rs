@@ -444,3 +444,49 @@ async fn vanishing_clients_leave_no_connection_or_descriptor_behind() {
     let (status, _, _) = send(p.proxy, "GET", HOST, "/after", b"").await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn expired_credentials_are_never_used_while_the_agent_fails() {
+    let up = Upstream::start().await;
+    // Credentials for 6 s (the agent's expiry is in whole seconds: at least 5 s, room for
+    // one request on a starved machine); then the agent fails.
+    let agent = PodIdentity::start(Duration::from_secs(6)).await;
+    let p = ProxyProcess::spawn(
+        &child_args(&up, &[]),
+        &[
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                format!("http://{}/v1/credentials", agent.addr),
+            ),
+            (
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+                agent.token_file.to_str().unwrap().to_string(),
+            ),
+        ],
+    );
+    eventually("ready", async || {
+        admin_get(p.admin, "/readyz").await.0 == StatusCode::OK
+    })
+    .await;
+    *agent.fault.lock().unwrap() = AgentFault::Error500;
+    let (status, _, body) = send(p.proxy, "GET", HOST, "/fresh", b"").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // Once the credentials have expired, with every refresh failing, the proxy stops
+    // signing instead of signing with what it has.
+    eventually("not ready once the credentials expired", async || {
+        admin_get(p.admin, "/readyz").await.0 == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    let (status, headers, body) = send(p.proxy, "GET", HOST, "/stale", b"").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(headers[ERROR_HEADER], "no-credentials");
+    let paths: Vec<String> = up.seen().into_iter().map(|s| s.path_and_query).collect();
+    assert!(
+        !paths.iter().any(|p| p == "/stale"),
+        "signed with expired credentials: {paths:?}"
+    );
+    assert!(
+        agent.faulted.load(Ordering::SeqCst) >= 1,
+        "the refresh was tried"
+    );
+}

@@ -155,6 +155,7 @@ pub mod defaults {
     /// The redirect check: the proxy connects to 127.0.0.1 on it to learn that it is
     /// redirected (15000 and 15001 are the proxy's own admin and listen ports).
     pub const CANARY_PORT: u16 = 15009;
+    /// The admin endpoint (/healthz, /metrics): `--admin-addr`.
     pub const METRICS_ADDR: &str = "0.0.0.0:15090";
 }
 
@@ -174,7 +175,6 @@ pub struct File {
     pub canary_port: Option<toml::Value>,
     pub log_redirects: Option<bool>,
     pub cgroups: Option<Vec<PathBuf>>,
-    pub metrics_addr: Option<String>,
 }
 
 impl File {
@@ -191,8 +191,16 @@ impl File {
         let text = std::str::from_utf8(bytes).map_err(|e| Error::Config {
             what: format!("config file {}: not UTF-8 ({e})", path.display()),
         })?;
-        toml::from_str(text).map_err(|e| Error::Config {
-            what: format!("config file {}: {}", path.display(), e.to_string().trim()),
+        toml::from_str(text).map_err(|e| {
+            let mut what = format!("config file {}: {}", path.display(), e.to_string().trim());
+            // Accepted once and never used: say where the admin address is set instead.
+            if what.contains("unknown field `metrics-addr`") {
+                what.push_str(
+                    "; the admin address (/healthz, /metrics) is not a file key: set it with \
+                     --admin-addr or LATTICE_REDIRECTOR_ADMIN_ADDR",
+                );
+            }
+            Error::Config { what }
         })
     }
 }
@@ -696,6 +704,17 @@ mod tests {
         };
         let c = resolve(&File::default(), &over, &root()).unwrap();
         assert_eq!(c.gids.to_string(), "all but 0,1337");
+    }
+
+    #[test]
+    fn metrics_addr_is_refused_with_where_to_set_it() {
+        let path = Path::new("/etc/lattice-redirector/redirector.toml");
+        let read: crate::reload::Snapshot = Ok(b"metrics-addr = \"0.0.0.0:9090\"\n".to_vec());
+        let e = File::parse(path, &read).unwrap_err().to_string();
+        assert!(
+            e.contains("unknown field `metrics-addr`") && e.contains("--admin-addr"),
+            "{e}"
+        );
     }
 
     #[test]

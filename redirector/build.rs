@@ -1,9 +1,12 @@
 //! Embeds the eBPF object built by `cargo xtask build-ebpf`, and refuses a stale one: the
 //! object must be newer than every source it is built from (redirector-ebpf and
 //! redirector-common), so the agent never ships programs that disagree with its map layout.
+//! Also the git revision for `--version`.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+include!("../build-support/revision.rs");
 
 fn newest(dir: &Path, newest_seen: &mut (SystemTime, PathBuf)) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -25,6 +28,7 @@ fn newest(dir: &Path, newest_seen: &mut (SystemTime, PathBuf)) {
 }
 
 fn main() {
+    emit_revision();
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap().to_path_buf();
     let object = root.join("target/ebpf/bpfel-unknown-none/release/redirector-ebpf");

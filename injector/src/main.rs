@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 
 #[derive(Parser, Debug)]
 #[command(
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("LATTICE_EGRESS_REVISION"), ")"),
     about = "Mutating admission webhook: adds the lattice-proxy native sidecar to opted-in pods"
 )]
 struct Args {

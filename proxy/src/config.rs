@@ -30,7 +30,7 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "lattice-proxy",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("LATTICE_EGRESS_REVISION"), ")"),
     about = "SigV4-signing, TLS-originating sidecar for Amazon VPC Lattice"
 )]
 pub struct Args {

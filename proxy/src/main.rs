@@ -64,7 +64,11 @@ async fn run(
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let running = server::start(config, provider).await?;
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "lattice-proxy started");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        revision = env!("LATTICE_EGRESS_REVISION"),
+        "lattice-proxy started"
+    );
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),

@@ -289,3 +289,23 @@ async fn starts_and_signs_on_a_host_without_ca_certificates() {
         p.logs()
     );
 }
+
+#[test]
+fn version_names_the_git_revision() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lattice-proxy"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let revision = text
+        .trim()
+        .strip_prefix(concat!("lattice-proxy ", env!("CARGO_PKG_VERSION"), " ("))
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{text}"));
+    let hex = revision.strip_suffix("-dirty").unwrap_or(revision);
+    assert!(
+        revision == "unknown" || (hex.len() == 12 && hex.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{text}"
+    );
+}

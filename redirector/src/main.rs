@@ -12,7 +12,7 @@ use std::time::Duration;
 #[derive(Debug, Parser)]
 #[command(
     name = "lattice-redirector",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("LATTICE_EGRESS_REVISION"), ")"),
     about = "Redirects connects toward VPC Lattice from enrolled cgroups to the local lattice-proxy with eBPF"
 )]
 struct Cli {

@@ -6,12 +6,13 @@
 //! which callers treat as "not redirected".
 
 use std::io;
-use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
+
+use nix::sys::socket::{getsockopt, sockopt};
 
 /// `SO_ORIGINAL_DST` from `<linux/netfilter_ipv4.h>`; the IPv6 twin `IP6T_SO_ORIGINAL_DST`
-/// (`<linux/netfilter_ipv6/ip6_tables.h>`) has the same value. libc does not export them.
+/// (`<linux/netfilter_ipv6/ip6_tables.h>`) has the same value.
 pub const SO_ORIGINAL_DST: libc::c_int = 80;
 
 /// Returns the original destination of an accepted TCP socket.
@@ -19,26 +20,10 @@ pub const SO_ORIGINAL_DST: libc::c_int = 80;
 /// `local` is the socket's local address and selects the family to ask (`SOL_IP` for IPv4,
 /// `SOL_IPV6` for IPv6). Errors are the kernel's: `ENOENT` or `ENOPROTOOPT` mean the
 /// connection was not redirected (or no program answers the option on this kernel).
-pub fn original_destination(socket: &impl AsRawFd, local: SocketAddr) -> io::Result<SocketAddr> {
-    let fd = socket.as_raw_fd();
+pub fn original_destination(socket: &impl AsFd, local: SocketAddr) -> io::Result<SocketAddr> {
     match local {
         SocketAddr::V4(_) => {
-            // SAFETY: a zeroed sockaddr_in is a valid value; the kernel writes at most `len`
-            // bytes into it and we pass the exact size.
-            let mut addr: libc::sockaddr_in = unsafe { mem::zeroed() };
-            let mut len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            let rc = unsafe {
-                libc::getsockopt(
-                    fd,
-                    libc::SOL_IP,
-                    SO_ORIGINAL_DST,
-                    (&mut addr as *mut libc::sockaddr_in).cast(),
-                    &mut len,
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            let addr = getsockopt(socket, sockopt::OriginalDst)?;
             let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
             Ok(SocketAddr::V4(SocketAddrV4::new(
                 ip,
@@ -46,21 +31,7 @@ pub fn original_destination(socket: &impl AsRawFd, local: SocketAddr) -> io::Res
             )))
         }
         SocketAddr::V6(_) => {
-            // SAFETY: as above, for sockaddr_in6.
-            let mut addr: libc::sockaddr_in6 = unsafe { mem::zeroed() };
-            let mut len = mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-            let rc = unsafe {
-                libc::getsockopt(
-                    fd,
-                    libc::SOL_IPV6,
-                    SO_ORIGINAL_DST,
-                    (&mut addr as *mut libc::sockaddr_in6).cast(),
-                    &mut len,
-                )
-            };
-            if rc != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            let addr = getsockopt(socket, sockopt::Ip6tOriginalDst)?;
             let ip = Ipv6Addr::from(addr.sin6_addr.s6_addr);
             Ok(SocketAddr::V6(SocketAddrV6::new(
                 ip,

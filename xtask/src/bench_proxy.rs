@@ -69,6 +69,7 @@ pub(crate) struct Guard(pub(crate) Child, pub(crate) &'static str);
 impl Drop for Guard {
     fn drop(&mut self) {
         // SIGTERM first so nginx removes its pid file and lattice-proxy drains; then reap.
+        // SAFETY: kill(2) on the pid of a child we have not reaped yet (so not reused).
         unsafe {
             libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM);
         }
@@ -330,6 +331,7 @@ pub(crate) fn raise_nofile() {
         rlim_cur: 0,
         rlim_max: 0,
     };
+    // SAFETY: getrlimit/setrlimit read and write the struct they are given.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
             lim.rlim_cur = lim.rlim_max.min(65536);
@@ -741,6 +743,7 @@ pub(crate) fn wrk_run(
         sys.saturating_sub(sys_before),
     );
     let mut r = parse_wrk(&out).with_context(|| format!("parsing wrk output:\n{out}"))?;
+    // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let per_request = |ticks: u64| ticks as f64 / hz * 1e6 / r.requests.max(1) as f64;
     r.cpu_us = per_request(user + sys);

@@ -797,6 +797,7 @@ fn check(out: &Path, made: &[Made]) -> Result<()> {
     let scratch = out.join(".check");
     let _cleanup = RemoveOnDrop(scratch.clone());
     let _ = std::fs::remove_dir_all(&scratch);
+    // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     for image in made {
         let name = image.spec.entrypoint[0].trim_start_matches('/');

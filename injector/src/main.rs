@@ -19,7 +19,10 @@ use tokio::net::TcpListener;
 #[derive(Parser, Debug)]
 #[command(
     version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("LATTICE_EGRESS_REVISION"), ")"),
-    about = "Mutating admission webhook: adds the lattice-proxy native sidecar to opted-in pods"
+    about = "Mutating admission webhook: adds the lattice-proxy native sidecar to opted-in pods",
+    after_help = "Exit status: 0 stopped by SIGTERM or SIGINT; 1 a failure the error line names \
+                  (a port in use, no Kubernetes client configuration); 2 a malformed command \
+                  line; 64 an invalid settings file: restarting will not help."
 )]
 struct Args {
     /// The webhook's HTTPS address.

@@ -31,7 +31,10 @@ pub enum LogFormat {
 #[command(
     name = "lattice-proxy",
     version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("LATTICE_EGRESS_REVISION"), ")"),
-    about = "SigV4-signing, TLS-originating sidecar for Amazon VPC Lattice"
+    about = "SigV4-signing, TLS-originating sidecar for Amazon VPC Lattice",
+    after_help = "Exit status: 0 stopped by SIGTERM or SIGINT after draining; 1 a failure the \
+                  error line names (a port in use, the Private CA fetch); 2 a malformed command \
+                  line; 64 an invalid configuration (a flag or variable): restarting will not help."
 )]
 pub struct Args {
     /// Addresses to accept plain HTTP/1.1 and h2c on (comma-separated).

@@ -46,6 +46,21 @@ pub enum Error {
     },
 }
 
+/// An error and its causes on one line, joined by ": ", each cause once: the messages of
+/// this crate's errors already include their source, which is then not repeated.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    for cause in std::iter::successors(err.source(), |&e| e.source()).take(32) {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        line.push_str(": ");
+        line.push_str(&text);
+    }
+    line.replace(['\r', '\n'], " ")
+}
+
 /// Result with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -62,5 +77,24 @@ impl Error {
             map,
             what: e.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = Error::io("/etc/x")(io);
+        // Display already says the source: chain adds nothing.
+        assert_eq!(chain(&e), "/etc/x: no such file");
+        let e = Error::Load {
+            what: "program le_connect4".into(),
+            source: Box::new(std::io::Error::other("verifier said no")),
+        };
+        let line = chain(&e);
+        assert_eq!(line.matches("verifier said no").count(), 1, "{line}");
     }
 }

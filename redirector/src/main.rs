@@ -13,7 +13,11 @@ use std::time::Duration;
 #[command(
     name = "lattice-redirector",
     version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("LATTICE_EGRESS_REVISION"), ")"),
-    about = "Redirects connects toward VPC Lattice from enrolled cgroups to the local lattice-proxy with eBPF"
+    about = "Redirects connects toward VPC Lattice from enrolled cgroups to the local lattice-proxy with eBPF",
+    after_help = "Exit status: 0 done (for `run`: stopped by SIGTERM or SIGINT, programs left \
+                  attached); 1 a failure the error line names (the host, the kernel, a pin); \
+                  2 a malformed command line; 64 an invalid configuration (a flag, variable, \
+                  file key or cgroup path): restarting will not help."
 )]
 struct Cli {
     /// Where bpffs is (or gets) mounted.
@@ -161,7 +165,8 @@ fn init_tracing(format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        // Fields at the top level, as lattice-proxy writes them.
+        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 
@@ -182,15 +187,16 @@ fn exit_code(e: &Error) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    let log_format = cli.log_format;
+    init_tracing(log_format);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("lattice-redirector: error: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                eprintln!("  caused by: {s}");
-                source = s.source();
+            // One line, each cause once; in JSON mode a log line like every other.
+            let line = lattice_redirector::error::chain(&e);
+            match log_format {
+                LogFormat::Json => tracing::error!("{line}"),
+                LogFormat::Text => eprintln!("lattice-redirector: error: {line}"),
             }
             exit_code(&e)
         }

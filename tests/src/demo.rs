@@ -2211,40 +2211,4 @@ mod tests {
             assert!(e.contains("prefix"), "{bad:?}: {e}");
         }
     }
-
-    #[test]
-    fn the_manual_command_is_the_one_the_checks_run() {
-        let n = names();
-        let line = format!(
-            "sh -c 'echo $$ > {}/cgroup.procs; exec ip netns exec {} setpriv --reuid 1000 \
-             --regid 1000 --clear-groups curl -sS http://demo-cluster2.example.com/'",
-            n.cgroup(CLUSTERS[0], "app").display(),
-            n.netns(CLUSTERS[0])
-        );
-        let scenario_line = {
-            // curl_command needs only the names: build it without a running scenario.
-            let s = Scenario {
-                names: n.clone(),
-                settings: Settings {
-                    prefix: "le-unit".into(),
-                    state_dir: PathBuf::from("/nonexistent"),
-                    bins: Binaries {
-                        redirector: PathBuf::new(),
-                        proxy: PathBuf::new(),
-                        emulator: PathBuf::new(),
-                        app: PathBuf::new(),
-                        kube_api: PathBuf::new(),
-                        injector: PathBuf::new(),
-                    },
-                    mode: Mode::Config,
-                },
-                children: Vec::new(),
-                keep: true, // nothing to tear down
-                lock: None,
-                kube: Vec::new(),
-            };
-            s.curl_command(CLUSTERS[0], "http://demo-cluster2.example.com/")
-        };
-        assert_eq!(scenario_line, line);
-    }
 }

@@ -1,7 +1,9 @@
 //! AWS Signature Version 4 verification with VPC Lattice's rules.
 //!
-//! This is an independent implementation (it shares no code with the `aws-sigv4` crate that the
-//! proxy signs with), checked in the test suite against signatures made by botocore. It
+//! This is an independent implementation: it shares no code with the proxy's signer
+//! (`proxy/src/sign.rs`, the proxy's own canonical request with aws-sigv4's key derivation
+//! and final HMAC) nor with aws-sigv4, and is checked in the test suite against signatures
+//! made by botocore. It
 //! verifies the `Authorization` header form only (`AWS4-HMAC-SHA256`); presigned query
 //! strings and SigV4A are not accepted, which Lattice clients do not use either.
 //!

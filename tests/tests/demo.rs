@@ -45,6 +45,21 @@ fn two_clusters_allowed_and_denied_as_the_seed() {
     let checks = scenario
         .run_checks()
         .unwrap_or_else(|e| panic!("the checks could not run: {e:#}"));
+    // The command the demo prints for each check, run by hand (through sh, as a reader
+    // pastes it), answers what the check saw.
+    for check in &checks {
+        let out = std::process::Command::new("sh")
+            .args(["-c", &check.command])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim_end(),
+            check.output.lines().next().unwrap_or_default(),
+            "the printed command `{}` answers otherwise than the check: {}",
+            check.command,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     drop(scenario);
 
     assert_eq!(checks.len(), 4);

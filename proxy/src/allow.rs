@@ -22,6 +22,8 @@ pub struct AllowList {
 pub enum Refusal {
     /// The host is an IP literal.
     IpLiteral(String),
+    /// The host has characters no DNS name has (user information, `%`, spaces, ...).
+    NotAName(String),
     /// The host is not under any allowed domain.
     NotAllowed {
         /// The refused host.
@@ -37,6 +39,10 @@ impl fmt::Display for Refusal {
             Refusal::IpLiteral(host) => write!(
                 f,
                 "host {host} is an IP address; lattice-proxy only forwards to service names under the allowed domains"
+            ),
+            Refusal::NotAName(host) => write!(
+                f,
+                "host {host:?} is not a DNS name (letters, digits, '-', '_' and '.')"
             ),
             Refusal::NotAllowed { host, allowed } => write!(
                 f,
@@ -94,6 +100,14 @@ impl AllowList {
         let trimmed = host.trim_start_matches('[').trim_end_matches(']');
         if trimmed.parse::<IpAddr>().is_ok() || looks_like_ipv4(trimmed) {
             return Err(Refusal::IpLiteral(host.to_owned()));
+        }
+        // The proxy refuses user information before asking, but the check holds by itself:
+        // an accepted host is a name (fuzzing found `q@x.on.aws` accepted here).
+        if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        {
+            return Err(Refusal::NotAName(host.to_owned()));
         }
         let h = host.trim_end_matches('.');
         let allowed = self.suffixes.iter().any(|s| {
@@ -170,6 +184,32 @@ mod tests {
         assert!(
             msg.contains("evil.net") && msg.contains("--allowed-domain"),
             "{msg}"
+        );
+    }
+
+    /// Found by fuzzing (authority): user information, or any character no DNS name has,
+    /// passed the check when the name ended with an allowed suffix.
+    #[test]
+    fn only_dns_names_are_accepted() {
+        let l = list();
+        for host in [
+            "q@x.on.aws",
+            "evil.net@svc.example.com",
+            "a b.example.com",
+            "a%2e.example.com",
+            "svc.example.com:443",
+            "svc!.example.com",
+        ] {
+            assert!(
+                matches!(l.check(host), Err(Refusal::NotAName(_))),
+                "{host} must be refused"
+            );
+        }
+        l.check("svc_1-a.example.com").unwrap();
+        let msg = l.check("q@x.on.aws").unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            r#"host "q@x.on.aws" is not a DNS name (letters, digits, '-', '_' and '.')"#
         );
     }
 

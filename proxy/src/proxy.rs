@@ -534,9 +534,7 @@ fn find_doomed(headers: &HeaderMap, hop_by_hop: fn(&str) -> bool, doomed: &mut D
             .flat_map(|v| v.as_bytes().split(|b| *b == b','))
             .map(<[u8]>::trim_ascii)
             // `keep-alive` and `close` are options, not header names (both go anyway).
-            .filter(|t| {
-                !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close")
-            })
+            .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
             .filter_map(|t| HeaderName::from_bytes(t).ok());
         for name in named {
             if !doomed.contains(&name) {
@@ -693,7 +691,10 @@ mod tests {
             HeaderValue::from_bytes(b"\xfb, X-Secret").unwrap(),
         );
         h.append("x-secret", HeaderValue::from_static("1"));
-        h.append(header::TE, HeaderValue::from_bytes(b"trailers, \xfb").unwrap());
+        h.append(
+            header::TE,
+            HeaderValue::from_bytes(b"trailers, \xfb").unwrap(),
+        );
         h.append("accept", HeaderValue::from_static("*/*"));
         strip_request_headers(&mut h);
         assert_eq!(sorted_names(&h), ["accept", "te"]);

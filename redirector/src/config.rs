@@ -623,19 +623,25 @@ mod tests {
             .to_string();
         assert!(!err.contains('\n'), "{err}");
         assert!(
-            err.contains("config.toml: line 2, column") || err.contains("config.toml: line 1, column"),
+            err.contains("config.toml: line 2, column")
+                || err.contains("config.toml: line 1, column"),
             "{err}"
         );
-        let file = File::parse(path, &Ok(b"prefixes = [\"10.0.0.0/8\\n\"]".to_vec())).unwrap();
+        let file = File::parse(path, &Ok(b"prefixes = [\"10.0\\n.0.0/8\"]".to_vec())).unwrap();
         let err = resolve(&file, &Overrides::default(), &root())
             .unwrap_err()
             .to_string();
-        assert!(!err.contains('\n') && err.contains("'10.0.0.0/8\\n'"), "{err}");
+        assert!(
+            !err.contains('\n') && err.contains("'10.0\\n.0.0/8'"),
+            "{err}"
+        );
         let over = Overrides {
             ports: Some(vec!["8\r0".into()]),
             ..Overrides::default()
         };
-        let err = resolve(&File::default(), &over, &root()).unwrap_err().to_string();
+        let err = resolve(&File::default(), &over, &root())
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains('\r'), "{err}");
     }
 

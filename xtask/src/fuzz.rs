@@ -39,7 +39,10 @@ pub fn run(opts: &Fuzz) -> Result<()> {
     let targets = targets(&fuzz_dir)?;
     let chosen: Vec<String> = match &opts.target {
         Some(t) if targets.contains(t) => vec![t.clone()],
-        Some(t) => bail!("no fuzz target {t:?}; the targets are {}", targets.join(", ")),
+        Some(t) => bail!(
+            "no fuzz target {t:?}; the targets are {}",
+            targets.join(", ")
+        ),
         None => targets,
     };
     setup::output(Command::new("rustc").args(["+nightly", "--version"])).context(

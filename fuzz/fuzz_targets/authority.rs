@@ -30,7 +30,10 @@ fuzz_target!(|input: Input| {
         return;
     };
     for s in allow.suffixes() {
-        assert!(!s.is_empty() && s.parse::<IpAddr>().is_err(), "suffix {s:?}");
+        assert!(
+            !s.is_empty() && s.parse::<IpAddr>().is_err(),
+            "suffix {s:?}"
+        );
         assert!(
             s.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b)),

@@ -61,7 +61,9 @@ struct Input {
 
 fn name(n: &Name) -> Option<HeaderName> {
     match n {
-        Name::Known(i) => Some(HeaderName::from_static(NAMES[usize::from(*i) % NAMES.len()])),
+        Name::Known(i) => Some(HeaderName::from_static(
+            NAMES[usize::from(*i) % NAMES.len()],
+        )),
         Name::Any(s) => HeaderName::from_bytes(s.as_bytes()).ok(),
     }
 }
@@ -162,9 +164,10 @@ fuzz_target!(|input: Input| {
     for h in &input.sign_headers {
         argv.push(format!("--sign-header={h}"));
     }
-    if let Ok(config) = Args::try_parse_from(argv).map_err(|_| ()).and_then(|a| {
-        Config::from_args(&a).map_err(|_| ())
-    }) {
+    if let Ok(config) = Args::try_parse_from(argv)
+        .map_err(|_| ())
+        .and_then(|a| Config::from_args(&a).map_err(|_| ()))
+    {
         let signer = Signer::new(
             "us-west-2".into(),
             "vpc-lattice-svcs".into(),
@@ -194,13 +197,19 @@ fuzz_target!(|input: Input| {
         for s in list.split(';') {
             assert!(!NEVER_SIGNED.contains(&s), "{s} signed");
             assert!(
-                ["host", "x-amz-content-sha256", "x-amz-date", "x-amz-security-token"]
-                    .contains(&s)
+                [
+                    "host",
+                    "x-amz-content-sha256",
+                    "x-amz-date",
+                    "x-amz-security-token"
+                ]
+                .contains(&s)
                     || (config.sign_headers.iter().any(|h| h == s) && request.contains_key(s)),
                 "{s} signed but not configured or not sent"
             );
             assert!(
-                !s.starts_with("x-forwarded-") && !named.iter().any(|t| t.as_slice() == s.as_bytes()),
+                !s.starts_with("x-forwarded-")
+                    && !named.iter().any(|t| t.as_slice() == s.as_bytes()),
                 "{s} signed"
             );
         }

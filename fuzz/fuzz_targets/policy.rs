@@ -146,7 +146,12 @@ fn statement(s: &Stmt, deny: bool) -> Value {
         list(&s.actions),
     );
     obj.insert(
-        if s.not_resource { "NotResource" } else { "Resource" }.into(),
+        if s.not_resource {
+            "NotResource"
+        } else {
+            "Resource"
+        }
+        .into(),
         list(&s.resources),
     );
     if !s.conditions.is_empty() {

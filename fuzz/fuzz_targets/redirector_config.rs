@@ -26,7 +26,10 @@ struct Input {
 }
 
 fn one_line(what: &str, text: &str) {
-    assert!(!text.contains(['\n', '\r']), "{what}: multi-line error:\n{text}");
+    assert!(
+        !text.contains(['\n', '\r']),
+        "{what}: multi-line error:\n{text}"
+    );
 }
 
 fuzz_target!(|input: Input| {

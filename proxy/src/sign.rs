@@ -327,7 +327,7 @@ impl Signer {
 
         // Canonical headers, sorted by name: ours plus the configured extra ones present.
         // Values as bytes: what the server hashes is what it received.
-        let mut canon: SmallVec<[(&str, Cow<'_, [u8]>); 6]> = SmallVec::new();
+        let mut canon: SmallVec<[CanonicalHeader<'_>; 6]> = SmallVec::new();
         canon.push(("host", Cow::Borrowed(host.as_bytes())));
         canon.push(("x-amz-content-sha256", Cow::Borrowed(payload.as_bytes())));
         canon.push(("x-amz-date", Cow::Borrowed(amz_date.as_bytes())));
@@ -460,6 +460,9 @@ impl Signer {
 }
 
 const SIGNATURE_SEPARATOR: &str = ", Signature=";
+
+/// A signed header's name and canonical value.
+type CanonicalHeader<'a> = (&'a str, Cow<'a, [u8]>);
 
 /// The canonical request, assembled on the stack and hashed in one call; it moves to the
 /// heap only past 512 bytes (a long session token).

@@ -92,9 +92,17 @@ struct Stmt {
     conditions: Vec<Cond>,
 }
 
+/// The caller: an assumed-role session with tags.
+#[derive(Arbitrary, Debug)]
+struct Caller {
+    role: String,
+    session: String,
+    tags: Vec<(String, String)>,
+}
+
 #[derive(Arbitrary, Debug)]
 struct Ctx {
-    principal: Option<(String, String, Vec<(String, String)>)>,
+    principal: Option<Caller>,
     action: Word,
     resource: Word,
     keys: Vec<(u8, Vec<Word>)>,
@@ -183,13 +191,13 @@ fn policy(statements: &[Stmt], effect: Option<bool>) -> Value {
 }
 
 fn context(c: &Ctx) -> RequestContext {
-    let principal = c.principal.as_ref().map(|(role, session, tags)| {
+    let principal = c.principal.as_ref().map(|p| {
         Arc::new(Identity {
             account_id: "111122223333".into(),
-            role_name: role.clone(),
+            role_name: p.role.clone(),
             role_path: "/".into(),
-            session_name: session.clone(),
-            tags: tags.iter().cloned().collect::<BTreeMap<_, _>>(),
+            session_name: p.session.clone(),
+            tags: p.tags.iter().cloned().collect::<BTreeMap<_, _>>(),
         })
     });
     let mut ctx = RequestContext::for_principal(principal, &c.action.text(), &c.resource.text());

@@ -103,6 +103,8 @@ impl AllowList {
         if trimmed.parse::<IpAddr>().is_ok() || looks_like_ipv4(trimmed) {
             return Err(Refusal::IpLiteral(host.to_owned()));
         }
+        // Checked here, not only by the caller: an accepted host is a DNS name whatever the
+        // caller did (fuzzing found `q@x.on.aws` accepted by the check alone).
         let h = host.strip_suffix('.').unwrap_or(host);
         if !is_dns_name(h) {
             return Err(Refusal::NotAName(host.to_owned()));
@@ -141,11 +143,14 @@ fn is_dns_name(host: &str) -> bool {
 /// `127.1`): a name whose last label is all digits or hex is never a DNS name we forward to.
 fn looks_like_ipv4(host: &str) -> bool {
     let last = host.trim_end_matches('.').rsplit('.').next().unwrap_or("");
+    // Bytes, not `str` slices: `last[..2]` panicked inside a multi-byte character (found by
+    // fuzzing; the proxy only passes ASCII hosts, but `check` takes any `&str`).
+    let last = last.as_bytes();
     !last.is_empty()
-        && (last.bytes().all(|b| b.is_ascii_digit())
+        && (last.iter().all(u8::is_ascii_digit)
             || (last.len() > 2
-                && last[..2].eq_ignore_ascii_case("0x")
-                && last[2..].bytes().all(|b| b.is_ascii_hexdigit())))
+                && last[..2].eq_ignore_ascii_case(b"0x")
+                && last[2..].iter().all(u8::is_ascii_hexdigit)))
 }
 
 #[cfg(test)]
@@ -209,6 +214,42 @@ mod tests {
             msg.contains("evil.net") && msg.contains("--allowed-domain"),
             "{msg}"
         );
+    }
+
+    /// Found by fuzzing (authority): user information, or any character no DNS name has,
+    /// passed the check when the name ended with an allowed suffix.
+    #[test]
+    fn only_dns_names_are_accepted() {
+        let l = list();
+        for host in [
+            "q@x.on.aws",
+            "evil.net@svc.example.com",
+            "a b.example.com",
+            "a%2e.example.com",
+            "svc.example.com:443",
+            "svc!.example.com",
+        ] {
+            assert!(
+                matches!(l.check(host), Err(Refusal::NotAName(_))),
+                "{host} must be refused"
+            );
+        }
+        l.check("svc_1-a.example.com").unwrap();
+        let msg = l.check("q@x.on.aws").unwrap_err().to_string();
+        assert_eq!(
+            msg,
+            r#"host "q@x.on.aws" is not a DNS name (labels of letters, digits, '-' and '_', 1 to 63 bytes each); send the service name in Host"#
+        );
+    }
+
+    /// Found by fuzzing (authority): a last label starting with a multi-byte character
+    /// panicked in the numeric-host test.
+    #[test]
+    fn non_ascii_hosts_are_refused_without_panic() {
+        let l = list();
+        assert!(l.check("11z1.0\u{1f2}").is_err());
+        assert!(l.check("\u{1f2}x").is_err());
+        assert!(l.check("0\u{e9}").is_err());
     }
 
     #[test]

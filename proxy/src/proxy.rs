@@ -393,40 +393,46 @@ impl Proxy {
     /// Works out a route from the authority an application sent (absolute-form URI or
     /// Host header). The port it used is dropped: the upstream port is configuration.
     fn resolve(&self, raw: &[u8]) -> Result<Route, ProxyError> {
-        let authority = Authority::try_from(raw).map_err(|_| {
-            ProxyError::BadRequest(format!(
-                "invalid Host header {:?}",
-                String::from_utf8_lossy(raw)
-            ))
-        })?;
-        let raw_host = authority.host().to_ascii_lowercase();
-        if raw_host.is_empty() {
-            return Err(ProxyError::MissingHost);
-        }
-        // A fully qualified name's one trailing dot goes; the allow-list sees it and refuses
-        // more than one.
-        let host = raw_host.strip_suffix('.').unwrap_or(&raw_host).to_owned();
-        let upstream = if authority.as_str().contains('@') {
-            Err(RouteError::BadRequest(
-                "user information in the request target is not supported".into(),
-            ))
-        } else if !valid_port(&authority) {
-            Err(RouteError::BadRequest(format!(
-                "invalid port in Host {:?}: a port is 0 to 65535 (it is ignored: --upstream-port applies)",
-                authority.as_str()
-            )))
-        } else if let Err(refusal) = self.allow.check(&raw_host) {
-            Err(RouteError::Refused(refusal))
-        } else {
-            let upstream = match self.upstream_port {
-                443 => host.clone(),
-                port => format!("{host}:{port}"),
-            };
-            Authority::try_from(upstream)
-                .map_err(|e| RouteError::BadRequest(format!("host {host:?}: {e}")))
-        };
-        Ok(Route { host, upstream })
+        resolve(&self.allow, self.upstream_port, raw)
     }
+}
+
+/// Works out a route from the authority an application sent: the host checked against
+/// `allow`, and the upstream authority with `upstream_port`.
+fn resolve(allow: &AllowList, upstream_port: u16, raw: &[u8]) -> Result<Route, ProxyError> {
+    let authority = Authority::try_from(raw).map_err(|_| {
+        ProxyError::BadRequest(format!(
+            "invalid Host header {:?}",
+            String::from_utf8_lossy(raw)
+        ))
+    })?;
+    let raw_host = authority.host().to_ascii_lowercase();
+    if raw_host.is_empty() {
+        return Err(ProxyError::MissingHost);
+    }
+    // A fully qualified name's one trailing dot goes; the allow-list sees it and refuses
+    // more than one.
+    let host = raw_host.strip_suffix('.').unwrap_or(&raw_host).to_owned();
+    let upstream = if authority.as_str().contains('@') {
+        Err(RouteError::BadRequest(
+            "user information in the request target is not supported".into(),
+        ))
+    } else if !valid_port(&authority) {
+        Err(RouteError::BadRequest(format!(
+            "invalid port in Host {:?}: a port is 0 to 65535 (it is ignored: --upstream-port applies)",
+            authority.as_str()
+        )))
+    } else if let Err(refusal) = allow.check(&raw_host) {
+        Err(RouteError::Refused(refusal))
+    } else {
+        let upstream = match upstream_port {
+            443 => host.clone(),
+            port => format!("{host}:{port}"),
+        };
+        Authority::try_from(upstream)
+            .map_err(|e| RouteError::BadRequest(format!("host {host:?}: {e}")))
+    };
+    Ok(Route { host, upstream })
 }
 
 /// The bytes that name the service: an absolute-form target's authority, which wins over
@@ -550,6 +556,14 @@ async fn read_payload(
 /// The absolute upstream URI: https, the route's authority, the path and the query in the
 /// encoding that is signed ([`canonical_query`]).
 fn upstream_uri(authority: Authority, pq: Option<&PathAndQuery>) -> Result<Uri, ProxyError> {
+    // The asterisk form (`OPTIONS * HTTP/1.1`, which hyper accepts with any method) asks
+    // about the server, not a resource: Lattice routes by path, and neither SigV4 nor a
+    // URI has a canonical form of `https://host*` (found by fuzzing).
+    if pq.is_some_and(|pq| pq.path() == "*") {
+        return Err(ProxyError::BadRequest(
+            "the asterisk-form request target (`*`) is not forwarded; request a path".into(),
+        ));
+    }
     let pq = match pq {
         // Nothing to rewrite: share the bytes.
         Some(pq) if pq.query().is_none() && !pq.path().is_empty() => pq.clone(),
@@ -579,10 +593,9 @@ fn strip_request_headers(headers: &mut HeaderMap) {
     find_doomed(headers, request_hop_by_hop, &mut doomed);
     let te_trailers = doomed.contains(&header::TE)
         && headers.get_all(header::TE).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-            })
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
         });
     for name in doomed {
         headers.remove(name);
@@ -625,15 +638,16 @@ fn find_doomed(headers: &HeaderMap, hop_by_hop: fn(&str) -> bool, doomed: &mut D
         }
     }
     if names_others {
+        // Split as bytes: a value with other bytes (obs-text) still nominates the names in
+        // it, which must not go upstream (found by fuzzing: `Connection: \xfb,x-secret`).
         let named = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
             // `keep-alive` and `close` are options, not header names (both go anyway).
-            .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok());
+            .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
+            .filter_map(|t| HeaderName::from_bytes(t).ok());
         for name in named {
             if !doomed.contains(&name) {
                 doomed.push(name);
@@ -651,6 +665,42 @@ fn fits(headers: &HeaderMap, body: &Incoming, limit: u64) -> bool {
     match body.size_hint().exact() {
         Some(n) => n <= limit,
         None => false,
+    }
+}
+
+/// Entry points for the fuzz targets in `fuzz/`: not an API, hidden from the docs, and
+/// only thin wrappers over the private steps above.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// The upstream authority for an authority an application sent (absolute-form target or
+    /// Host header), and the host as logged; `Err` when the proxy answers itself.
+    pub fn route(
+        allow: &AllowList,
+        upstream_port: u16,
+        raw: &[u8],
+    ) -> Result<(String, Authority), ProxyError> {
+        let route = resolve(allow, upstream_port, raw)?;
+        route.upstream.map(|a| (route.host, a)).map_err(Into::into)
+    }
+
+    /// The URI a request is signed for and sent to.
+    pub fn upstream_uri(
+        authority: Authority,
+        pq: Option<&PathAndQuery>,
+    ) -> Result<Uri, ProxyError> {
+        super::upstream_uri(authority, pq)
+    }
+
+    /// Removes the request headers that must not go upstream.
+    pub fn strip_request_headers(headers: &mut HeaderMap) {
+        super::strip_request_headers(headers)
+    }
+
+    /// Removes the hop-by-hop response headers.
+    pub fn strip_response_headers(headers: &mut HeaderMap) {
+        strip_hop_by_hop(headers)
     }
 }
 
@@ -741,6 +791,47 @@ mod tests {
         ]);
         strip_request_headers(&mut h);
         assert_eq!(sorted_names(&h), ["accept"]);
+    }
+
+    /// Found by fuzzing (header_filter): a `Connection` value with a non-ASCII byte was
+    /// skipped whole, so the names it nominates went upstream.
+    #[test]
+    fn connection_with_non_ascii_bytes_still_nominates() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"\xfb, X-Secret").unwrap(),
+        );
+        h.append("x-secret", HeaderValue::from_static("1"));
+        h.append(
+            header::TE,
+            HeaderValue::from_bytes(b"trailers, \xfb").unwrap(),
+        );
+        h.append("accept", HeaderValue::from_static("*/*"));
+        strip_request_headers(&mut h);
+        assert_eq!(sorted_names(&h), ["accept", "te"]);
+        assert_eq!(h["te"], "trailers");
+
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"x-hop,\xe9").unwrap(),
+        );
+        h.append("x-hop", HeaderValue::from_static("1"));
+        h.append("date", HeaderValue::from_static("today"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(sorted_names(&h), ["date"]);
+    }
+
+    /// Found by fuzzing (sigv4_differential): `PATCH * HTTP/1.1` was signed for path `/*`
+    /// and sent as `https://host*`, which aws-sigv4 reads as another host.
+    #[test]
+    fn asterisk_form_is_not_forwarded() {
+        let authority = Authority::from_static("svc.example.com");
+        let target: Uri = "*".parse().unwrap();
+        let e = upstream_uri(authority, target.path_and_query()).unwrap_err();
+        assert!(matches!(e, ProxyError::BadRequest(_)), "{e}");
+        assert!(e.to_string().contains("asterisk"), "{e}");
     }
 
     #[test]

@@ -326,25 +326,30 @@ impl Signer {
         let key = self.signing_key(creds, date, time)?;
 
         // Canonical headers, sorted by name: ours plus the configured extra ones present.
-        let mut canon: SmallVec<[(&str, Cow<'_, str>); 6]> = SmallVec::new();
-        canon.push(("host", Cow::Borrowed(host)));
-        canon.push(("x-amz-content-sha256", Cow::Borrowed(payload)));
-        canon.push(("x-amz-date", Cow::Borrowed(amz_date)));
+        // Values as bytes: what the server hashes is what it received.
+        let mut canon: SmallVec<[CanonicalHeader<'_>; 6]> = SmallVec::new();
+        canon.push(("host", Cow::Borrowed(host.as_bytes())));
+        canon.push(("x-amz-content-sha256", Cow::Borrowed(payload.as_bytes())));
+        canon.push(("x-amz-date", Cow::Borrowed(amz_date.as_bytes())));
         if let Some(token) = creds.session_token() {
-            canon.push(("x-amz-security-token", Cow::Borrowed(token)));
+            canon.push(("x-amz-security-token", Cow::Borrowed(token.as_bytes())));
         }
         if let Algorithm::V4a { region_set } = &self.algorithm {
-            canon.push(("x-amz-region-set", Cow::Borrowed(region_set.as_str())));
+            canon.push(("x-amz-region-set", Cow::Borrowed(region_set.as_bytes())));
         }
         for name in &self.extra {
-            let values: Vec<String> = headers
-                .get_all(name)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .map(trim_all)
-                .collect();
-            if !values.is_empty() {
-                canon.push((name.as_str(), Cow::Owned(values.join(","))));
+            // Every value, whatever its bytes (found by fuzzing: values with non-ASCII
+            // bytes were left out, so `a` and `\xe9` were signed as `a` but received as
+            // `a,\xe9`, and a lone such value left the header unsigned).
+            let mut joined: Vec<u8> = Vec::new();
+            for (i, v) in headers.get_all(name).iter().enumerate() {
+                if i > 0 {
+                    joined.push(b',');
+                }
+                trim_all(v.as_bytes(), &mut joined);
+            }
+            if headers.contains_key(name) {
+                canon.push((name.as_str(), Cow::Owned(joined)));
             }
         }
         canon.sort_by(|a, b| a.0.cmp(b.0));
@@ -361,9 +366,10 @@ impl Signer {
         }
         creq.push("\n");
         for (name, value) in &canon {
-            for part in [*name, ":", value, "\n"] {
-                creq.push(part);
-            }
+            creq.push(name);
+            creq.push(":");
+            creq.push_bytes(value);
+            creq.push("\n");
         }
         creq.push("\n");
         let mut signed_len = 0;
@@ -407,7 +413,7 @@ impl Signer {
         };
         if self.log_signing {
             tracing::info!(
-                canonical_request = %redact_token(creq.as_str()),
+                canonical_request = %redact_token(&creq.as_str()),
                 string_to_sign = %sts_parts.concat(),
                 "signing process"
             );
@@ -455,6 +461,9 @@ impl Signer {
 
 const SIGNATURE_SEPARATOR: &str = ", Signature=";
 
+/// A signed header's name and canonical value.
+type CanonicalHeader<'a> = (&'a str, Cow<'a, [u8]>);
+
 /// The canonical request, assembled on the stack and hashed in one call; it moves to the
 /// heap only past 512 bytes (a long session token).
 struct CanonicalRequest {
@@ -473,7 +482,10 @@ impl CanonicalRequest {
     }
 
     fn push(&mut self, part: &str) {
-        let part = part.as_bytes();
+        self.push_bytes(part.as_bytes());
+    }
+
+    fn push_bytes(&mut self, part: &[u8]) {
         if self.heap.is_empty() && self.len + part.len() <= self.stack.len() {
             self.stack[self.len..self.len + part.len()].copy_from_slice(part);
             self.len += part.len();
@@ -498,9 +510,9 @@ impl CanonicalRequest {
         Sha256::digest(self.bytes()).into()
     }
 
-    /// The text, for the signing log (only `&str`s were pushed).
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(self.bytes()).unwrap_or_default()
+    /// The text, for the signing log (header values may hold bytes that are not UTF-8).
+    fn as_str(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(self.bytes())
     }
 }
 
@@ -573,16 +585,20 @@ fn sorted_query(q: &str) -> String {
     out
 }
 
-/// Trims and collapses runs of spaces, as SigV4 canonical header values require.
-fn trim_all(v: &str) -> String {
-    let mut out = String::with_capacity(v.len());
-    for (i, word) in v.split_whitespace().enumerate() {
+/// Appends `v` trimmed, with runs of whitespace collapsed to one space, as SigV4 canonical
+/// header values require. The whitespace a header value can hold is space and tab (RFC
+/// 9110 OWS); botocore treats a tab as a space too (aws-sigv4 only spaces). Other bytes are
+/// kept as they are.
+fn trim_all(v: &[u8], out: &mut Vec<u8>) {
+    let words = v
+        .split(|b| *b == b' ' || *b == b'\t')
+        .filter(|w| !w.is_empty());
+    for (i, word) in words.enumerate() {
         if i > 0 {
-            out.push(' ');
+            out.push(b' ');
         }
-        out.push_str(word);
+        out.extend_from_slice(word);
     }
-    out
 }
 
 fn redact_token(creq: &str) -> String {
@@ -818,6 +834,44 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Found by fuzzing (sigv4_differential): a `--sign-header` value with a non-ASCII
+    /// byte was left out of the signed value, though it was forwarded. Every value is signed
+    /// as received; tabs are whitespace, as in botocore (aws-sigv4 trims only spaces).
+    #[test]
+    fn signed_header_values_keep_every_value_and_byte() {
+        let time = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let uri: Uri = "https://svc.example.com/".parse().unwrap();
+        let creq = |values: &[&[u8]]| {
+            let signer = Signer::new(
+                "us-west-2".into(),
+                DEFAULT_SIGNING_NAME.into(),
+                PayloadMode::Unsigned,
+                vec![HeaderName::from_static("x-custom")],
+            )
+            .with_signing_log(false);
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append("x-custom", HeaderValue::from_bytes(v).unwrap());
+            }
+            signer
+                .sign(&identity(None), &Method::GET, &uri, &mut h, None, time)
+                .unwrap();
+            h["authorization"].to_str().unwrap().to_owned()
+        };
+        // `a` then `\xe9`: both signed, so not the same signature as `a` alone.
+        let mixed = creq(&[b"a", b"\xe9"]);
+        assert!(mixed.contains("SignedHeaders=host;x-amz-content-sha256;x-amz-date;x-custom"));
+        assert_ne!(mixed, creq(&[b"a"]));
+        // A lone non-ASCII value is signed too.
+        assert!(creq(&[b"caf\xc3\xa9"]).contains(";x-custom,"));
+        // Whitespace: tabs and spaces trimmed and collapsed alike.
+        assert_eq!(creq(&[b"\ta \t  b\t"]), creq(&[b"a b"]));
+        assert_eq!(creq(&[b"\t"]), creq(&[b""]));
+        let mut out = Vec::new();
+        trim_all(b" \xe9\t\tx ", &mut out);
+        assert_eq!(out, b"\xe9 x");
     }
 
     #[test]

@@ -33,7 +33,7 @@ impl std::str::FromStr for Prefix {
         let addr: IpAddr = addr
             .trim()
             .parse()
-            .map_err(|_| format!("'{s}' is not ADDRESS/LEN (e.g. 169.254.171.0/24)"))?;
+            .map_err(|_| format!("{} is not ADDRESS/LEN (e.g. 169.254.171.0/24)", quoted(s)))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len = match len {
             None => max,
@@ -42,12 +42,13 @@ impl std::str::FromStr for Prefix {
                 .parse::<u8>()
                 .ok()
                 .filter(|l| *l <= max)
-                .ok_or_else(|| format!("'{s}': prefix length must be 0..={max}"))?,
+                .ok_or_else(|| format!("{}: prefix length must be 0..={max}", quoted(s)))?,
         };
         let masked = mask(addr, len);
         if masked != addr {
             return Err(format!(
-                "'{s}' has host bits set; did you mean {masked}/{len}?"
+                "{} has host bits set; did you mean {masked}/{len}?",
+                quoted(s)
             ));
         }
         Ok(Prefix { addr, len })
@@ -192,7 +193,7 @@ impl File {
             what: format!("config file {}: not UTF-8 ({e})", path.display()),
         })?;
         toml::from_str(text).map_err(|e| {
-            let mut what = format!("config file {}: {}", path.display(), e.to_string().trim());
+            let mut what = format!("config file {}: {}", path.display(), toml_error(text, &e));
             // Accepted once and never used: say where the admin address is set instead.
             if what.contains("unknown field `metrics-addr`") {
                 what.push_str(
@@ -203,6 +204,28 @@ impl File {
             Error::Config { what }
         })
     }
+}
+
+/// A TOML error on one line: `line L, column C: message`. toml's own `Display` draws the
+/// offending line with a caret over several lines, which splits a log line (found by
+/// fuzzing).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+/// A value from the file or a flag, quoted for an error message: control characters (a
+/// newline in a TOML string) are escaped so the message stays one line.
+fn quoted(v: &str) -> String {
+    format!("'{}'", v.escape_debug())
 }
 
 /// Values given on the command line or in the environment (they win over the file).
@@ -232,7 +255,7 @@ fn parse_port(source: &str, v: &str) -> Result<u16> {
         .parse::<u16>()
         .ok()
         .filter(|p| *p != 0)
-        .ok_or_else(|| bad(source, format!("'{v}' is not a TCP port (1-65535)")))
+        .ok_or_else(|| bad(source, format!("{} is not a TCP port (1-65535)", quoted(v))))
 }
 
 fn parse_gid(source: &str, v: &str) -> Result<u32> {
@@ -241,7 +264,7 @@ fn parse_gid(source: &str, v: &str) -> Result<u32> {
         .parse::<u32>()
         .ok()
         .filter(|g| *g != u32::MAX)
-        .ok_or_else(|| bad(source, format!("'{v}' is not a GID (0-4294967294)")))
+        .ok_or_else(|| bad(source, format!("{} is not a GID (0-4294967294)", quoted(v))))
 }
 
 fn strings(v: &[i64]) -> Vec<String> {
@@ -364,7 +387,7 @@ pub fn resolve(file: &File, over: &Overrides, cgroup_root: &Path) -> Result<Redi
         Some(v) => v.trim().parse::<Ipv4Addr>().map_err(|_| {
             bad(
                 "--proxy-v4",
-                format!("'{v}' is not an IPv4 address (e.g. 127.0.0.1)"),
+                format!("{} is not an IPv4 address (e.g. 127.0.0.1)", quoted(v)),
             )
         })?,
         None => defaults::PROXY_V4.parse().expect("valid default"),
@@ -377,7 +400,7 @@ pub fn resolve(file: &File, over: &Overrides, cgroup_root: &Path) -> Result<Redi
             .map_err(|_| {
                 bad(
                     "--proxy-v6",
-                    format!("'{v}' is not an IPv6 address (e.g. ::1)"),
+                    format!("{} is not an IPv6 address (e.g. ::1)", quoted(v)),
                 )
             })?,
         None => defaults::PROXY_V6.parse().expect("valid default"),
@@ -467,8 +490,8 @@ pub fn cgroup_path(cgroup_root: &Path, given: &Path) -> Result<PathBuf> {
         what: format!(
             "cgroup {} does not exist (looked for {}); create it, or give a path inside the \
              cgroup2 mount {}",
-            given.display(),
-            joined.display(),
+            given.display().to_string().escape_debug(),
+            joined.display().to_string().escape_debug(),
             cgroup_root.display()
         ),
     })?;
@@ -478,7 +501,7 @@ pub fn cgroup_path(cgroup_root: &Path, given: &Path) -> Result<PathBuf> {
             what: format!(
                 "{} is not a cgroup of the cgroup2 hierarchy mounted at {}; give a directory \
                  under it",
-                given.display(),
+                given.display().to_string().escape_debug(),
                 root.display()
             ),
         });
@@ -639,6 +662,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("proxy's GID"), "{e}");
+    }
+
+    /// Found by fuzzing (redirector_config): TOML syntax errors and values with newlines
+    /// made errors of several lines.
+    #[test]
+    fn config_errors_are_one_line() {
+        let path = Path::new("/etc/lattice-redirector/config.toml");
+        let err = File::parse(path, &Ok(b"ports = [80\nproxy-port = \"x".to_vec()))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains('\n'), "{err}");
+        assert!(
+            err.contains("config.toml: line 2, column")
+                || err.contains("config.toml: line 1, column"),
+            "{err}"
+        );
+        let file = File::parse(path, &Ok(b"prefixes = [\"10.0\\n.0.0/8\"]".to_vec())).unwrap();
+        let err = resolve(&file, &Overrides::default(), &root())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !err.contains('\n') && err.contains("'10.0\\n.0.0/8'"),
+            "{err}"
+        );
+        let over = Overrides {
+            ports: Some(vec!["8\r0".into()]),
+            ..Overrides::default()
+        };
+        let err = resolve(&File::default(), &over, &root())
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains('\r'), "{err}");
     }
 
     #[test]

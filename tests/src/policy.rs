@@ -756,12 +756,14 @@ pub fn glob(pattern: &str, text: &str, ignore_case: bool) -> bool {
     let (mut pi, mut ti) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
+        // A `*` in the pattern is a wildcard even where the text has a `*` too: matched as a
+        // literal first, `*` did not match `**` (found by fuzzing).
+        if pi < p.len() && p[pi] == '*' {
             star = Some((pi, ti));
             pi += 1;
+        } else if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
         } else if let Some((sp, st)) = star {
             pi = sp + 1;
             ti = st + 1;
@@ -795,6 +797,18 @@ mod tests {
         assert!(!glob("ABC", "abc", false));
         assert!(glob("ABC", "abc", true));
         assert!(!glob("a*d", "abc", false));
+    }
+
+    /// Found by fuzzing (policy): a `*` in the text was matched literally by the pattern's
+    /// `*`, which then could not match the rest: `*` refused `**`, and a resource policy
+    /// `.../*/admin` refused the path `/a*b/admin`.
+    #[test]
+    fn glob_star_matches_text_with_stars() {
+        assert!(glob("*", "**", false));
+        assert!(glob("*a", "*ba", false));
+        assert!(glob("x*", "x**y", true));
+        assert!(glob("arn:*/*/admin", "arn:svc/a*b/admin", false));
+        assert!(!glob("*a", "*b", false));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask build-ebpf | test | bench | demo`.
+//! Project tasks: `cargo xtask build-ebpf | test | bench | demo | fuzz`.
 //!
 //! Every task installs what it needs on a fresh machine by itself and says what it is doing.
 
@@ -7,6 +7,7 @@ mod bench_redirect;
 mod bench_soak;
 mod demo;
 mod ebpf;
+mod fuzz;
 mod image;
 mod setup;
 mod test;
@@ -33,6 +34,9 @@ enum Task {
     /// OCI images of the binaries (static), written without a daemon into target/images/;
     /// `--check` verifies them with skopeo and umoci.
     Image(image::Image),
+    /// Fuzz the proxy's signer, allow-list, header filter and configuration, the agent's
+    /// configuration and the emulator's policies (installs cargo-fuzz when missing).
+    Fuzz(fuzz::Fuzz),
     /// Run the whole test suite (needs root for the kernel tests).
     Test(test::Test),
     /// The redirector on the EKS 6.1 kernel line, booted with qemu.
@@ -64,6 +68,7 @@ fn main() {
         Task::BuildEbpf(opts) => ebpf::run(&opts).map(|_| ()),
         Task::Demo(opts) => demo::run(&opts),
         Task::Image(opts) => image::run(&opts),
+        Task::Fuzz(opts) => fuzz::run(&opts),
         Task::Test(opts) => test::run(&opts),
         Task::VmTest(opts) => vm::run(&opts),
         Task::BenchLoop(opts) => bench_redirect::run_loop(&opts),

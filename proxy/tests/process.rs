@@ -68,21 +68,22 @@ async fn fails_closed_without_credentials() {
     // readiness text and the info-level log; its Debug form is for debug logs only.
     let (_, ready) = admin_get(p.admin, "/readyz").await;
     assert_eq!(ready.lines().count(), 1, "{ready}");
-    let logs = p.logs();
     for text in [&body, &ready] {
         assert!(
             !text.contains('{') && !text.contains("CredentialsNotLoaded"),
             "{text}"
         );
     }
+    // The warning reaches the log through a pipe and a reader thread: wait for it, not for
+    // /readyz, which can say it first.
+    eventually("the credentials warning in the log", async || {
+        p.logs()
+            .contains("Ec2InstanceMetadata: the credential provider was not enabled: IMDS disabled")
+    })
+    .await;
     // JSON lines (so `{` is everywhere); info level, so no detail.
+    let logs = p.logs();
     assert!(!logs.contains("CredentialsNotLoaded"), "{logs}");
-    assert!(
-        logs.contains(
-            "Ec2InstanceMetadata: the credential provider was not enabled: IMDS disabled"
-        ),
-        "{logs}"
-    );
 }
 
 #[tokio::test]
@@ -283,11 +284,11 @@ async fn starts_and_signs_on_a_host_without_ca_certificates() {
     .await;
     let (status, _, body) = send(p.proxy, "GET", HOST, "/no-roots", b"").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(
-        p.logs().contains("no system CA certificates"),
-        "{}",
-        p.logs()
-    );
+    // Logged at start; read through a pipe: wait for the line rather than assume it is there.
+    eventually("the no-system-CA warning in the log", async || {
+        p.logs().contains("no system CA certificates")
+    })
+    .await;
 }
 
 #[test]

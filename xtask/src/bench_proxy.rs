@@ -108,33 +108,36 @@ pub(crate) struct WrkResult {
     sys_us: f64,
 }
 
+/// The lattice-proxy binary to benchmark: `given`, or the release build made here.
+pub(crate) fn proxy_binary(given: Option<&PathBuf>) -> Result<PathBuf> {
+    if let Some(bin) = given {
+        return Ok(bin.clone());
+    }
+    let root = workspace_root();
+    step("building lattice-proxy (release)");
+    run_cmd(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(&root)
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "lattice-proxy",
+                "--bin",
+                "lattice-proxy",
+            ]),
+    )?;
+    Ok(std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("release/lattice-proxy"))
+}
+
 pub fn run(opts: &BenchProxy) -> Result<()> {
     apt_install(&["wrk", "nginx-light", "openssl"])?;
     raise_nofile();
-    let root = workspace_root();
 
-    let proxy_bin = match &opts.proxy_bin {
-        Some(bin) => bin.clone(),
-        None => {
-            step("building lattice-proxy (release)");
-            run_cmd(
-                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                    .current_dir(&root)
-                    .args([
-                        "build",
-                        "--release",
-                        "-p",
-                        "lattice-proxy",
-                        "--bin",
-                        "lattice-proxy",
-                    ]),
-            )?;
-            let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| root.join("target"));
-            target_dir.join("release/lattice-proxy")
-        }
-    };
+    let proxy_bin = proxy_binary(opts.proxy_bin.as_ref())?;
 
     let dir = std::env::temp_dir().join(format!("lattice-bench-proxy-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

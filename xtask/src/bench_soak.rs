@@ -20,17 +20,17 @@
 use std::io::Write;
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::bench_proxy::{
-    check_200, free_port, http_get, make_certs, open_connections, proxy_command, raise_nofile,
-    rss_kib, start_nginx, upstream_conf, wait_port, wait_ready, wrk_run, Guard, Scratch, HOST,
+    check_200, free_port, http_get, make_certs, open_connections, proxy_binary, proxy_command,
+    raise_nofile, rss_kib, start_nginx, upstream_conf, wait_port, wait_ready, wrk_run, Guard,
+    Scratch, HOST,
 };
-use crate::setup::{apt_install, run as run_cmd, step, workspace_root};
+use crate::setup::{apt_install, step};
 
 /// Options of `cargo xtask bench soak`.
 #[derive(Debug, Args)]
@@ -86,29 +86,7 @@ pub fn run(opts: &BenchSoak) -> Result<()> {
             lim.rlim_cur
         );
     }
-    let root = workspace_root();
-    let proxy_bin = match &opts.proxy_bin {
-        Some(bin) => bin.clone(),
-        None => {
-            step("building lattice-proxy (release)");
-            run_cmd(
-                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                    .current_dir(&root)
-                    .args([
-                        "build",
-                        "--release",
-                        "-p",
-                        "lattice-proxy",
-                        "--bin",
-                        "lattice-proxy",
-                    ]),
-            )?;
-            std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| root.join("target"))
-                .join("release/lattice-proxy")
-        }
-    };
+    let proxy_bin = proxy_binary(opts.proxy_bin.as_ref())?;
     let dir = std::env::temp_dir().join(format!("lattice-bench-soak-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let scratch = Scratch(dir.clone());
